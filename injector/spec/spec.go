@@ -1,5 +1,5 @@
 // Package spec is the contract between the webhook and sidekey-agent: the JSON document the
-// webhook puts in the agent containers' environment (SIDEKEY_SPEC) and the agent reads at start.
+// webhook puts in the agent containers' environment (SIDEKEY_SPEC_JSON) and the agent reads at start.
 //
 // It holds references only (backend, path, key, file name, mode), never a secret value, so it
 // may appear in the pod spec, in logs and in the admission patch. It imports nothing from
@@ -20,7 +20,8 @@ import (
 const Version = 1
 
 // EnvVar is the environment variable of the agent containers that carries the JSON spec.
-const EnvVar = "SIDEKEY_SPEC"
+// (Not SIDEKEY_SPEC: that is the agent's --spec FILE flag through the SIDEKEY_* env binding.)
+const EnvVar = "SIDEKEY_SPEC_JSON"
 
 // Modes of delivery.
 const (
@@ -329,7 +330,7 @@ func Decode(b []byte) (*Spec, error) {
 	return &s, nil
 }
 
-// Load reads the spec from a file, or from the SIDEKEY_SPEC environment variable when file is "".
+// Load reads the spec from a file, or from the SIDEKEY_SPEC_JSON environment variable when file is "".
 func Load(file string) (*Spec, error) {
 	if file == "" {
 		v, ok := os.LookupEnv(EnvVar)
