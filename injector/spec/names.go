@@ -15,6 +15,11 @@ const (
 	AgentPath = "/sidekey-agent"
 	// DefaultHealthAddr is where the agent serves /healthz, /readyz and /metrics (loopback only).
 	DefaultHealthAddr = "127.0.0.1:8099"
+	// ContainerEnv is set by the webhook in every app container it mounts the secrets into, to
+	// that container's name (SIDEKEY_CONTAINER=app). With shareProcessNamespace the agent finds
+	// the process to signal for onChange kind "signal" by it in /proc/<pid>/environ: containers
+	// of one pod share their hostname, so nothing else in /proc tells them apart reliably.
+	ContainerEnv = "SIDEKEY_CONTAINER"
 )
 
 // Annotation keys read by more than one component. The full grammar lives in the injector.
