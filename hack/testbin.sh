@@ -70,7 +70,7 @@ GO
   for pair in kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver etcd=go.etcd.io/etcd/server/v3 \
               kubectl=k8s.io/kubernetes/cmd/kubectl kubelet=k8s.io/kubernetes/cmd/kubelet; do
     name=${pair%%=*}; pkg=${pair#*=}
-    log "building $name $K8S_VERSION (kube-apiserver takes 4-9 minutes)"
+    log "building $name $K8S_VERSION"; [ "$name" = kube-apiserver ] && log "(kube-apiserver takes 4-9 minutes)"
     go build -trimpath -ldflags "$ldf" -o "$out/$name" "$pkg"
   done
   "$out/kube-apiserver" --version >&2

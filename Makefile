@@ -1,0 +1,72 @@
+# sidekey — see README.md. `make demo` runs the local end-to-end demo, `make test` every test.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+export PATH := $(PATH):/usr/local/go/bin:$(shell go env GOPATH 2>/dev/null)/bin
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/sidekey/sidekey/internal/version.Version=$(VERSION)
+GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
+TESTFLAGS ?=
+FUZZTIME ?= 10s
+
+.PHONY: all build deps testbin test test-unit demo generate check-generate lint fmt bench bench-detect bench-probe bench-agent fuzz helm-lint clean
+
+all: build
+
+## build: the sidekey and sidekey-agent binaries, static, into bin/
+build:
+	$(GOBUILD) -o bin/sidekey ./cmd/sidekey
+	$(GOBUILD) -o bin/sidekey-agent ./cmd/sidekey-agent
+
+## deps: Debian packages the tests need (clang, bpftool, containerd, ...), when missing
+deps:
+	hack/deps.sh
+
+## testbin: build and cache the real test servers (kube-apiserver, etcd, kubelet, vault, helm, gitleaks)
+testbin:
+	hack/testbin.sh all
+
+## test: install what is missing, build the test servers, run every test (real servers, real BPF)
+test: deps testbin
+	go test -count=1 -timeout 45m $(TESTFLAGS) ./...
+
+## test-unit: the tests, without installing or building anything first
+test-unit:
+	go test -count=1 $(TESTFLAGS) ./...
+
+## demo: the local end-to-end demo
+demo: deps testbin build
+	hack/demo.sh
+
+## generate: regenerate generated code (bpf2go objects, reference docs)
+generate: deps
+	go generate ./...
+
+## check-generate: fail if committed generated files are stale
+check-generate: generate
+	git diff --exit-code -- . || { echo "generated files are stale: run make generate and commit" >&2; exit 1; }
+
+## lint: gofmt and go vet
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfe[lb].go$$')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	go vet ./...
+
+## fmt: format the Go code
+fmt:
+	gofmt -w $$(git ls-files '*.go' | grep -v '_bpfe[lb].go$$')
+
+## bench: the Go benchmarks (mutation, webhook, scanning, ...)
+bench: testbin
+	go test -run '^$$' -bench . -benchmem -count 1 ./...
+
+## fuzz: every fuzz target for FUZZTIME each
+fuzz:
+	FUZZTIME=$(FUZZTIME) hack/fuzz.sh
+
+## helm-lint: lint the chart
+helm-lint: testbin
+	"$$(hack/testbin.sh --dir helm)/helm" lint charts/sidekey
+
+## clean: remove build output (the test-server cache stays; it lives outside the repo)
+clean:
+	rm -rf bin out
