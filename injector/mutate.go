@@ -469,6 +469,10 @@ func (p *plan) apply(pod *corev1.Pod) {
 			if p.targets[cs[i].Name] {
 				cs[i].VolumeMounts = withMount(cs[i].VolumeMounts, corev1.VolumeMount{Name: spec.VolumeName, MountPath: p.spec.MountPath, ReadOnly: true})
 			}
+			if p.targets[cs[i].Name] || (p.spec.OnChange.Kind == spec.OnChangeSignal && p.spec.OnChange.Container == cs[i].Name) {
+				// the agent finds the process to signal by this marker in /proc/<pid>/environ
+				cs[i].Env = withEnv(cs[i].Env, corev1.EnvVar{Name: spec.ContainerEnv, Value: cs[i].Name})
+			}
 		}
 	}
 
@@ -549,4 +553,15 @@ func withMount(ms []corev1.VolumeMount, m corev1.VolumeMount) []corev1.VolumeMou
 		}
 	}
 	return append(out, m)
+}
+
+// withEnv replaces any variable named e.Name by e, or appends it.
+func withEnv(env []corev1.EnvVar, e corev1.EnvVar) []corev1.EnvVar {
+	out := env[:0:0]
+	for _, x := range env {
+		if x.Name != e.Name {
+			out = append(out, x)
+		}
+	}
+	return append(out, e)
 }

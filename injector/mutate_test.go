@@ -306,7 +306,9 @@ func TestMutateRefuses(t *testing.T) {
 		{"run as root", map[string]string{KeyInject: "true", KeySecret + "a": "vault:a", KeyRunAsUser: "0"}, nil, []string{"other than 0"}},
 		{"system mount path", map[string]string{KeyInject: "true", KeySecret + "a": "vault:a", KeyMountPath: "/etc"}, nil, []string{"sidekey.io/mount-path:"}},
 		{"agent container exists", map[string]string{KeyInject: "true", KeyVaultRole: "r", KeySecret + "a": "vault:a"},
-			func(p *corev1.Pod) { p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: spec.AgentContainer}) }, []string{"already named"}},
+			func(p *corev1.Pod) {
+				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: spec.AgentContainer})
+			}, []string{"already named"}},
 		{"reserved volume", map[string]string{KeyInject: "true", KeyVaultRole: "r", KeySecret + "a": "vault:a"},
 			func(p *corev1.Pod) { p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: spec.VolumeName}) }, []string{"reserved"}},
 		{"typo without inject", map[string]string{prefix + "injetc": "true"}, nil, []string{"did you mean sidekey.io/inject?"}},

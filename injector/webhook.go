@@ -1,0 +1,316 @@
+package injector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+)
+
+// Handler is the admission.Handler of the webhook: it decodes the pod, calls Mutate and answers
+// with the JSON patch between the two. Everything HTTP lives in Server.
+type Handler struct {
+	Config *Config
+	Log    *slog.Logger
+	// Roles looks up the IRSA role of a pod's ServiceAccount; nil skips the lookup.
+	Roles   RoleLookup
+	Metrics *Metrics
+}
+
+// RoleLookup finds the eks.amazonaws.com/role-arn annotation of a ServiceAccount ("" when unset).
+type RoleLookup interface {
+	RoleARN(ctx context.Context, namespace, serviceAccount string) (string, error)
+}
+
+var podResource = metav1.GroupVersionResource{Version: "v1", Resource: "pods"}
+
+// Handle implements admission.Handler.
+func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.Response {
+	if req.Resource != podResource || req.SubResource != "" || req.Operation != admissionv1.Create {
+		return admission.Allowed("not a pod creation")
+	}
+	// Most pods carry no sidekey annotation: look at the metadata alone first.
+	var meta struct {
+		Metadata struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"metadata"`
+	}
+	if err := json.Unmarshal(req.Object.Raw, &meta); err != nil {
+		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decode pod: %w", err))
+	}
+	if !hasPrefixedKey(meta.Metadata.Annotations) {
+		h.Metrics.observe(req.Namespace, resultSkipped)
+		return admission.Allowed("")
+	}
+	var pod corev1.Pod
+	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decode pod: %w", err))
+	}
+	if pod.Namespace == "" {
+		pod.Namespace = req.Namespace
+	}
+	log := h.Log.With("namespace", req.Namespace, "pod", podName(&pod), "uid", string(req.UID))
+
+	var facts Facts
+	if h.Roles != nil && needsRole(pod.Annotations) {
+		sa := pod.Spec.ServiceAccountName
+		if sa == "" {
+			sa = "default"
+		}
+		arn, err := h.Roles.RoleARN(ctx, req.Namespace, sa)
+		if err != nil {
+			log.Error("look up service account role", "serviceAccount", sa, "err", err)
+			h.Metrics.observe(req.Namespace, resultError)
+			return admission.Errored(http.StatusInternalServerError, fmt.Errorf("look up the IRSA role of service account %s/%s: %w", req.Namespace, sa, err))
+		}
+		facts.ServiceAccountRoleARN = arn
+	}
+
+	res, err := Mutate(&pod, h.Config, facts)
+	if err != nil {
+		msg := strings.ReplaceAll(err.Error(), "\n", "; ")
+		log.Info("pod refused", "reason", msg)
+		h.Metrics.observe(req.Namespace, resultDenied)
+		return admission.Denied(msg)
+	}
+	if !res.Injected {
+		h.Metrics.observe(req.Namespace, resultSkipped)
+		return admission.Allowed("").WithWarnings(res.Warnings...)
+	}
+	out, err := json.Marshal(res.Pod)
+	if err != nil {
+		h.Metrics.observe(req.Namespace, resultError)
+		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("encode pod: %w", err))
+	}
+	resp := admission.PatchResponseFromRaw(req.Object.Raw, out)
+	if !resp.Allowed {
+		h.Metrics.observe(req.Namespace, resultError)
+		return resp
+	}
+	log.Info("agent injected", "mode", res.Spec.Mode, "secrets", len(res.Spec.Secrets), "warnings", len(res.Warnings))
+	h.Metrics.observe(req.Namespace, resultInjected)
+	return resp.WithWarnings(res.Warnings...)
+}
+
+func podName(p *corev1.Pod) string {
+	if p.Name != "" {
+		return p.Name
+	}
+	return p.GenerateName + "*"
+}
+
+// needsRole reports whether a pod reads from AWS without naming its role.
+func needsRole(ann map[string]string) bool {
+	if _, ok := ann[KeyAWSRoleARN]; ok {
+		return false
+	}
+	for k, v := range ann {
+		if (strings.HasPrefix(k, KeySecret) || strings.HasPrefix(k, KeyTemplate)) && strings.Contains(v, "aws-s") {
+			return true
+		}
+	}
+	return false
+}
+
+// ServiceAccountGetter is the part of client-go's CoreV1 that ServiceAccountRoles needs.
+type ServiceAccountGetter interface {
+	Get(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error)
+}
+
+// ServiceAccountRoles is a RoleLookup with a short cache in front of the API server.
+type ServiceAccountRoles struct {
+	Get ServiceAccountGetter
+	TTL time.Duration
+
+	mu    sync.Mutex
+	cache map[string]roleEntry
+}
+
+type roleEntry struct {
+	arn     string
+	fetched time.Time
+}
+
+// RoleARN implements RoleLookup. A missing ServiceAccount has no role.
+func (r *ServiceAccountRoles) RoleARN(ctx context.Context, namespace, name string) (string, error) {
+	key := namespace + "/" + name
+	r.mu.Lock()
+	e, ok := r.cache[key]
+	r.mu.Unlock()
+	if ok && time.Since(e.fetched) < r.TTL {
+		return e.arn, nil
+	}
+	sa, err := r.Get.Get(ctx, namespace, name)
+	switch {
+	case apierrors.IsNotFound(err):
+		sa = &corev1.ServiceAccount{}
+	case err != nil:
+		return "", err
+	}
+	arn := sa.Annotations[ServiceAccountRoleARN]
+	r.mu.Lock()
+	if r.cache == nil {
+		r.cache = map[string]roleEntry{}
+	}
+	r.cache[key] = roleEntry{arn: arn, fetched: time.Now()}
+	r.mu.Unlock()
+	return arn, nil
+}
+
+// Results counted by the requests metric.
+const (
+	resultInjected = "injected"
+	resultSkipped  = "skipped"
+	resultDenied   = "denied"
+	resultError    = "error"
+)
+
+// Metrics are the webhook's Prometheus metrics.
+type Metrics struct {
+	requests   *prometheus.CounterVec
+	latency    prometheus.Histogram
+	injections *prometheus.CounterVec
+	denials    *prometheus.CounterVec
+}
+
+// NewMetrics registers the webhook's metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidekey_webhook_requests_total",
+			Help: "Admission reviews answered, by result (injected, skipped, denied, error, bad_request)."}, []string{"result"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "sidekey_webhook_request_duration_seconds",
+			Help:    "Time to answer one admission review, from the first byte read to the last written.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}}),
+		injections: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidekey_webhook_injections_total",
+			Help: "Pods the agent was injected into, by namespace."}, []string{"namespace"}),
+		denials: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "sidekey_webhook_denials_total",
+			Help: "Pods refused for their sidekey annotations, by namespace."}, []string{"namespace"}),
+	}
+	reg.MustRegister(m.requests, m.latency, m.injections, m.denials)
+	return m
+}
+
+func (m *Metrics) observe(namespace, result string) {
+	if m == nil {
+		return
+	}
+	m.requests.WithLabelValues(result).Inc()
+	switch result {
+	case resultInjected:
+		m.injections.WithLabelValues(namespace).Inc()
+	case resultDenied:
+		m.denials.WithLabelValues(namespace).Inc()
+	}
+}
+
+// Server is the webhook's HTTP side: body limit, content type, AdmissionReview decoding (HTTP 400
+// when malformed), then controller-runtime's admission.Webhook around the Handler.
+type Server struct {
+	hook    *admission.Webhook
+	maxBody int64
+	log     *slog.Logger
+	metrics *Metrics
+}
+
+// DefaultMaxBodyBytes bounds an AdmissionReview: two objects of at most 3 MiB plus the envelope.
+const DefaultMaxBodyBytes = 7 << 20
+
+// NewServer wraps h for HTTP. maxBody <= 0 means DefaultMaxBodyBytes.
+func NewServer(h *Handler, maxBody int64) *Server {
+	if maxBody <= 0 {
+		maxBody = DefaultMaxBodyBytes
+	}
+	hook := &admission.Webhook{Handler: h}
+	// Give controller-runtime our logger instead of its global one.
+	if _, err := admission.StandaloneWebhook(hook, admission.StandaloneOptions{Logger: logr.FromSlogHandler(h.Log.Handler())}); err != nil {
+		panic(err) // cannot happen without a metrics path
+	}
+	return &Server{hook: hook, maxBody: maxBody, log: h.Log, metrics: h.Metrics}
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	defer func() {
+		if s.metrics != nil {
+			s.metrics.latency.Observe(time.Since(start).Seconds())
+		}
+	}()
+	if r.Method != http.MethodPost {
+		s.fail(w, http.StatusMethodNotAllowed, "use POST")
+		return
+	}
+	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" {
+		s.fail(w, http.StatusUnsupportedMediaType, "content type must be application/json")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			s.fail(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes (--max-body-bytes)", s.maxBody))
+			return
+		}
+		s.fail(w, http.StatusBadRequest, "read body: "+err.Error())
+		return
+	}
+	review, err := DecodeReview(body)
+	if err != nil {
+		s.fail(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	resp := s.hook.Handle(r.Context(), admission.Request{AdmissionRequest: *review.Request})
+	out, err := json.Marshal(admissionv1.AdmissionReview{TypeMeta: review.TypeMeta, Response: &resp.AdmissionResponse})
+	if err != nil {
+		s.fail(w, http.StatusInternalServerError, "encode response: "+err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(out)
+}
+
+func (s *Server) fail(w http.ResponseWriter, code int, msg string) {
+	s.log.Warn("bad admission request", "status", code, "err", msg)
+	if s.metrics != nil {
+		s.metrics.requests.WithLabelValues("bad_request").Inc()
+	}
+	http.Error(w, msg, code)
+}
+
+// Review versions the API server may send.
+var reviewVersions = map[schema.GroupVersion]bool{
+	admissionv1.SchemeGroupVersion: true,
+	{Group: "admission.k8s.io", Version: "v1beta1"}: true,
+}
+
+// DecodeReview parses an AdmissionReview request (v1 or v1beta1, which share their shape).
+func DecodeReview(body []byte) (*admissionv1.AdmissionReview, error) {
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(body, &review); err != nil {
+		return nil, fmt.Errorf("decode AdmissionReview: %w", err)
+	}
+	gv, err := schema.ParseGroupVersion(review.APIVersion)
+	if err != nil || !reviewVersions[gv] || review.Kind != "AdmissionReview" {
+		return nil, fmt.Errorf("decode AdmissionReview: apiVersion %q kind %q: want admission.k8s.io/v1 AdmissionReview", review.APIVersion, review.Kind)
+	}
+	if review.Request == nil || review.Request.UID == "" {
+		return nil, errors.New("decode AdmissionReview: no request or no request uid")
+	}
+	return &review, nil
+}
