@@ -170,12 +170,17 @@ func hasEnv(environ []byte, kv string) bool {
 	return false
 }
 
-// ppidOf reads the parent pid from /proc/<pid>/stat ("pid (comm) state ppid ...").
+// ppidOf reads the parent pid from /proc/<pid>/stat.
 func ppidOf(statPath string) int {
 	b, err := os.ReadFile(statPath)
 	if err != nil {
 		return 0
 	}
+	return parsePPID(b)
+}
+
+// parsePPID parses "pid (comm) state ppid ..."; comm may hold spaces and parentheses. 0 when malformed.
+func parsePPID(b []byte) int {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
 		return 0
