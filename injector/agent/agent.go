@@ -60,11 +60,11 @@ type Document struct {
 type Options struct {
 	Logger  *slog.Logger
 	Writer  *Writer
-	Notify  Notifier          // nil: no notification
-	Metrics *Metrics          // nil: a fresh one
-	Backoff Backoff           // zero: DefaultBackoff
-	Now     func() time.Time  // for tests; nil: time.Now
-	Refresh time.Duration     // zero: the spec's
+	Notify  Notifier         // nil: no notification
+	Metrics *Metrics         // nil: a fresh one
+	Backoff Backoff          // zero: DefaultBackoff
+	Now     func() time.Time // for tests; nil: time.Now
+	Refresh time.Duration    // zero: the spec's
 }
 
 // Agent renders one spec's secrets and keeps them fresh.
