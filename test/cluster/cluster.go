@@ -15,7 +15,7 @@ package cluster
 
 import (
 	"context"
-		"errors"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
