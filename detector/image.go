@@ -1,0 +1,247 @@
+package detector
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/sidekey/sidekey/detector/archive"
+	"github.com/sidekey/sidekey/detector/report"
+)
+
+// ScanImage scans every layer of img and its config. name is the image's name in the report.
+// An error means nothing useful could be scanned (no config, no layer list); problems with
+// single layers or files are in the report's Problems.
+func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*report.Report, error) {
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("read image config of %s: %w", name, err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, fmt.Errorf("list layers of %s: %w", name, err)
+	}
+	createdBy := layerHistory(cf, len(layers))
+
+	s := d.newScan(ctx)
+	s.layers.Store(int64(len(layers)))
+	stop := make(chan struct{})
+	go s.progress(stop)
+
+	config := d.scanConfig(cf)
+
+	indexes := make([]*layerIndex, len(layers))
+	sem := make(chan struct{}, d.opts.Workers)
+	var wg sync.WaitGroup
+	for i, l := range layers {
+		t := &target{layer: i, createdBy: createdBy[i], source: report.SourceLayer}
+		if dg, err := l.Digest(); err == nil {
+			t.digest = dg.String()
+		}
+		if id, err := l.DiffID(); err == nil {
+			t.diffID = id.String()
+		}
+		idx := newLayerIndex()
+		indexes[i] = idx
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				s.problem(t, true, "layer not scanned: %v", ctx.Err())
+				return
+			}
+			defer func() { <-sem }()
+			s.layer(t, l, idx)
+			s.layersDone.Add(1)
+		}()
+	}
+	wg.Wait()
+	s.finish()
+	close(stop)
+
+	r := &report.Report{Image: name, Findings: config}
+	for _, f := range s.found {
+		r.Findings = append(r.Findings, toFinding(f.t, f.hit, status(indexes, f.t.layer, topPath(f.t.path))))
+	}
+	r.Findings = dedupe(r.Findings)
+	r.Problems = s.problems
+	if err := ctx.Err(); err != nil {
+		r.Problems = append(r.Problems, report.Problem{Message: fmt.Sprintf("scan stopped: %v", err), Incomplete: true})
+	}
+	r.Stats = s.stats()
+	r.Sort()
+	return r, nil
+}
+
+// layerHistory maps each layer to the created_by of the history entry that made it
+// (history entries with empty_layer make none). Empty when the history does not line up.
+func layerHistory(cf *v1.ConfigFile, n int) []string {
+	out := make([]string, n)
+	var nonEmpty []string
+	for _, h := range cf.History {
+		if !h.EmptyLayer {
+			nonEmpty = append(nonEmpty, h.CreatedBy)
+		}
+	}
+	if len(nonEmpty) == n {
+		copy(out, nonEmpty)
+	}
+	return out
+}
+
+// layer streams one layer: every entry goes into idx, every regular file is scanned, and
+// the uncompressed content is checked against the layer's diff_id.
+func (s *scan) layer(t *target, l v1.Layer, idx *layerIndex) {
+	rc, err := l.Uncompressed()
+	if err != nil {
+		s.problem(t, true, "open layer: %v", err)
+		return
+	}
+	defer rc.Close()
+	h := sha256.New()
+	tee := io.TeeReader(rc, h)
+	tr := tar.NewReader(tee)
+	prev := ""
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			if ctxErr := s.ctx.Err(); ctxErr != nil {
+				s.problem(t, true, "layer not finished: %v", ctxErr)
+				return
+			}
+			where := "at its start"
+			if prev != "" {
+				where = "after " + prev
+			}
+			s.problem(t, true, "corrupt or truncated layer tar %s: %v", where, err)
+			return
+		}
+		clean := archive.CleanName(hdr.Name)
+		p := "/" + clean
+		prev = p
+		if climbs(hdr.Name) {
+			s.problem(&target{layer: t.layer, digest: t.digest, path: hdr.Name}, false,
+				"entry path climbs above the root; recorded and scanned as %s", p)
+		}
+		dir, base := path.Split(p)
+		dir = strings.TrimSuffix(dir, "/")
+		switch {
+		case base == ".wh..wh..opq":
+			idx.opaque[dir] = true
+			continue
+		case strings.HasPrefix(base, ".wh."):
+			idx.whiteout[path.Join(dir, strings.TrimPrefix(base, ".wh."))] = true
+			continue
+		}
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			idx.entries[p] = entryDir
+		case tar.TypeReg, tar.TypeRegA:
+			idx.entries[p] = entryFile
+			ft := &target{layer: t.layer, digest: t.digest, diffID: t.diffID, createdBy: t.createdBy, source: t.source, path: p}
+			if err := s.file(ft, tr, hdr.Size, 0, nil); err != nil {
+				if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+					s.problem(t, true, "layer not finished: %v", err)
+					return
+				}
+				s.problem(ft, true, "%v", err)
+			}
+		default:
+			// Symlinks, hard links, devices: recorded (they replace what was there), never
+			// followed or scanned.
+			idx.entries[p] = entryOther
+		}
+	}
+	if _, err := io.Copy(io.Discard, tee); err != nil {
+		s.problem(t, true, "read layer after its end-of-archive marker: %v", err)
+		return
+	}
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); t.diffID != "" && got != t.diffID {
+		s.problem(t, true, "layer content has digest %s but the image config says diff_id %s: the layer is corrupt or was tampered with", got, t.diffID)
+	}
+}
+
+func climbs(name string) bool {
+	for _, el := range strings.Split(strings.ReplaceAll(name, "\\", "/"), "/") {
+		if el == ".." {
+			return true
+		}
+	}
+	return false
+}
+
+type entryKind uint8
+
+const (
+	entryFile entryKind = iota + 1
+	entryDir
+	entryOther
+)
+
+// layerIndex is what one layer does to the paths below it.
+type layerIndex struct {
+	entries  map[string]entryKind
+	whiteout map[string]bool // paths removed by a .wh.NAME entry
+	opaque   map[string]bool // directories whose lower contents are hidden
+}
+
+func newLayerIndex() *layerIndex {
+	return &layerIndex{entries: map[string]entryKind{}, whiteout: map[string]bool{}, opaque: map[string]bool{}}
+}
+
+// topPath is the path of the layer file that holds p (p itself unless p is nested).
+func topPath(p string) string {
+	if i := strings.IndexByte(p, '!'); i >= 0 {
+		return p[:i]
+	}
+	return p
+}
+
+// status says what the layers above layer i did to the file at p.
+func status(indexes []*layerIndex, i int, p string) report.Status {
+	for _, idx := range indexes[i+1:] {
+		if _, ok := idx.entries[p]; ok {
+			return report.Overwritten
+		}
+		if idx.whiteout[p] {
+			return report.Deleted
+		}
+		for a := path.Dir(p); ; a = path.Dir(a) {
+			if idx.whiteout[a] || idx.opaque[a] {
+				return report.Deleted
+			}
+			if k, ok := idx.entries[a]; ok && k != entryDir {
+				return report.Deleted
+			}
+			if a == "/" {
+				break
+			}
+		}
+	}
+	return report.Present
+}
+
+// sortedKeys returns m's keys in order.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
