@@ -170,30 +170,39 @@ func (e *SecretError) Unwrap() error { return e.Err }
 
 // Sync fetches every document that is due (all of them on the first call), writes every
 // secret whose content changed and notifies the app when a file it already had changed. It
-// returns the secrets that could not be written, joined; files of failed secrets are left as
-// they were.
+// returns, joined, the secrets that could not be written or whose refresh failed; their
+// files are left as they were (the last good value). The agent is ready once every file has
+// been written.
 func (a *Agent) Sync(ctx context.Context) error {
 	now := a.now()
 	a.fetchDue(ctx, now)
 
 	var (
-		errs    []error
-		changed []string
+		errs     []error
+		changed  []string
+		complete = true // every file is written, possibly from last good values
 	)
 	for _, sec := range a.spec.Secrets {
 		content, err := a.render(sec)
 		if err != nil {
+			complete = false
 			a.metrics.errorInc(sec.Name)
 			errs = append(errs, &SecretError{Secret: sec.Name, File: sec.File, Err: err})
 			continue
 		}
 		ch, existed, err := a.w.Write(sec.File, content, sec.Mode, sec.UID, sec.GID)
 		if err != nil {
+			complete = false
 			a.metrics.errorInc(sec.Name)
 			errs = append(errs, &SecretError{Secret: sec.Name, File: sec.File, Err: err})
 			continue
 		}
-		a.metrics.success(sec.Name, a.now(), a.leaseExpiry(sec))
+		if stale := a.staleErr(sec); stale != nil {
+			// Written from the last good documents: the file is fine, the refresh is not.
+			errs = append(errs, &SecretError{Secret: sec.Name, File: sec.File, Err: stale})
+		} else {
+			a.metrics.success(sec.Name, a.now(), a.leaseExpiry(sec))
+		}
 		if ch {
 			a.metrics.renderInc(sec.Name)
 			a.log.Info("wrote secret file", "secret", sec.Name, "file", sec.File, "sha256", shortHash(content))
@@ -202,7 +211,7 @@ func (a *Agent) Sync(ctx context.Context) error {
 			}
 		}
 	}
-	if len(errs) == 0 {
+	if complete {
 		a.metrics.setReady(true)
 	}
 	if len(changed) > 0 && a.notify != nil {
@@ -270,6 +279,17 @@ func (a *Agent) NextDue() time.Time {
 		}
 	}
 	return next
+}
+
+// staleErr reports the refresh failures of the documents a secret reads, if any.
+func (a *Agent) staleErr(sec spec.Secret) error {
+	var errs []error
+	for _, src := range sec.All() {
+		if st := a.docs[docOf(src)]; st != nil && st.err != nil {
+			errs = append(errs, fmt.Errorf("refresh %s failed, last good value kept: %w", docOf(src), st.err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (a *Agent) leaseExpiry(sec spec.Secret) time.Time {

@@ -45,7 +45,7 @@ func (a *Agent) Once(ctx context.Context, timeout time.Duration) error {
 	defer cancel()
 	for {
 		err := a.Sync(ctx)
-		if err == nil {
+		if err == nil || a.Ready() { // every file written, if need be from a value read earlier in this run
 			return nil
 		}
 		wait := time.Until(a.NextDue())

@@ -9,6 +9,7 @@
 package aws
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -66,11 +67,18 @@ func New(ctx context.Context, cfg spec.AWS, log *slog.Logger) (*Backend, error) 
 	if ac.Region == "" {
 		return nil, errors.New("aws: no region: set aws.region in the spec or AWS_REGION")
 	}
-	// IRSA through the spec when the environment does not already carry it.
-	if cfg.RoleARN != "" && cfg.TokenPath != "" && os.Getenv("AWS_WEB_IDENTITY_TOKEN_FILE") == "" {
+	// IRSA: the webhook's AWS_ROLE_ARN / AWS_WEB_IDENTITY_TOKEN_FILE, else the spec's. Built
+	// here rather than left to the default chain so that the STS client comes from the fully
+	// loaded config and honours endpoint settings (AWS_ENDPOINT_URL_STS, AWS_ENDPOINT_URL).
+	// Static keys in the environment still win, as in the default chain; EKS Pod Identity and
+	// the rest of the chain apply when no role is given.
+	roleARN := cmp.Or(os.Getenv("AWS_ROLE_ARN"), cfg.RoleARN)
+	tokenFile := cmp.Or(os.Getenv("AWS_WEB_IDENTITY_TOKEN_FILE"), cfg.TokenPath)
+	if roleARN != "" && tokenFile != "" && os.Getenv("AWS_ACCESS_KEY_ID") == "" {
+		session := cmp.Or(os.Getenv("AWS_ROLE_SESSION_NAME"), "sidekey-agent")
 		ac.Credentials = awssdk.NewCredentialsCache(stscreds.NewWebIdentityRoleProvider(
-			sts.NewFromConfig(ac), cfg.RoleARN, stscreds.IdentityTokenFile(cfg.TokenPath),
-			func(o *stscreds.WebIdentityRoleOptions) { o.RoleSessionName = "sidekey-agent" },
+			sts.NewFromConfig(ac), roleARN, stscreds.IdentityTokenFile(tokenFile),
+			func(o *stscreds.WebIdentityRoleOptions) { o.RoleSessionName = session },
 		))
 	}
 	return &Backend{

@@ -153,6 +153,7 @@ func TestAWSWithIRSA(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { w.Close() })
 		notify, _ := agent.NewNotifier(s.OnChange)
 		clock := &agenttest.Clock{T: time.Now()}
 		a, err := agent.New(s, map[string]agent.Backend{spec.BackendAWSSM: b, spec.BackendAWSSSM: b},

@@ -9,6 +9,8 @@ package aws
 
 import (
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
@@ -453,10 +455,10 @@ func xmlEsc(s string) string {
 	return b.String()
 }
 
-// oidcVerifier checks RS256 JWTs against a JWKS fetched from an OIDC issuer's discovery.
+// oidcVerifier checks RS256 and ES256 JWTs against a JWKS fetched from an OIDC issuer's discovery.
 type oidcVerifier struct {
 	issuer string
-	keys   map[string]*rsa.PublicKey
+	keys   map[string]crypto.PublicKey
 }
 
 type jwtClaims struct {
@@ -488,7 +490,7 @@ func newOIDCVerifier(client *http.Client, issuerURL string) (*oidcVerifier, erro
 	}
 	var jwks struct {
 		Keys []struct {
-			Kid, Kty, Alg, N, E string
+			Kid, Kty, Alg, N, E, Crv, X, Y string
 		} `json:"keys"`
 	}
 	// The discovery document names the issuer's public URL; ask the same server for it.
@@ -501,20 +503,21 @@ func newOIDCVerifier(client *http.Client, issuerURL string) (*oidcVerifier, erro
 	if err := getJSON(client, u.String(), &jwks); err != nil {
 		return nil, err
 	}
-	v := &oidcVerifier{issuer: disc.Issuer, keys: map[string]*rsa.PublicKey{}}
+	v := &oidcVerifier{issuer: disc.Issuer, keys: map[string]crypto.PublicKey{}}
+	b64 := func(s string) *big.Int {
+		b, _ := base64.RawURLEncoding.DecodeString(s)
+		return new(big.Int).SetBytes(b)
+	}
 	for _, k := range jwks.Keys {
-		if k.Kty != "RSA" {
-			continue
+		switch {
+		case k.Kty == "RSA":
+			v.keys[k.Kid] = &rsa.PublicKey{N: b64(k.N), E: int(b64(k.E).Int64())}
+		case k.Kty == "EC" && k.Crv == "P-256":
+			v.keys[k.Kid] = &ecdsa.PublicKey{Curve: elliptic.P256(), X: b64(k.X), Y: b64(k.Y)}
 		}
-		n, err1 := base64.RawURLEncoding.DecodeString(k.N)
-		e, err2 := base64.RawURLEncoding.DecodeString(k.E)
-		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("bad JWK %s", k.Kid)
-		}
-		v.keys[k.Kid] = &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(e).Int64())}
 	}
 	if len(v.keys) == 0 {
-		return nil, errors.New("JWKS has no RSA keys")
+		return nil, errors.New("JWKS has no RSA or P-256 keys")
 	}
 	return v, nil
 }
@@ -538,19 +541,25 @@ func (v *oidcVerifier) verify(tok string) (jwtClaims, error) {
 	}
 	var hdr struct{ Alg, Kid string }
 	hb, err := base64.RawURLEncoding.DecodeString(parts[0])
-	if err != nil || json.Unmarshal(hb, &hdr) != nil || hdr.Alg != "RS256" {
-		return jwtClaims{}, errors.New("bad JWT header (want RS256)")
-	}
-	key := v.keys[hdr.Kid]
-	if key == nil {
-		return jwtClaims{}, fmt.Errorf("unknown signing key %q", hdr.Kid)
+	if err != nil || json.Unmarshal(hb, &hdr) != nil {
+		return jwtClaims{}, errors.New("bad JWT header")
 	}
 	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
 	if err != nil {
 		return jwtClaims{}, errors.New("bad JWT signature encoding")
 	}
 	sum := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	if err := rsa.VerifyPKCS1v15(key, crypto.SHA256, sum[:], sig); err != nil {
+	ok := false
+	switch key := v.keys[hdr.Kid].(type) {
+	case *rsa.PublicKey:
+		ok = hdr.Alg == "RS256" && rsa.VerifyPKCS1v15(key, crypto.SHA256, sum[:], sig) == nil
+	case *ecdsa.PublicKey:
+		ok = hdr.Alg == "ES256" && len(sig) == 64 &&
+			ecdsa.Verify(key, sum[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:]))
+	default:
+		return jwtClaims{}, fmt.Errorf("unknown signing key %q", hdr.Kid)
+	}
+	if !ok {
 		return jwtClaims{}, errors.New("JWT signature does not verify against the issuer's JWKS")
 	}
 	var c jwtClaims
