@@ -51,8 +51,11 @@ type Event struct {
 // EventSize is the size of one ring buffer record.
 const EventSize = int(unsafe.Sizeof(probeEvent{}))
 
+// ErrMalformed wraps every DecodeEvent error.
+var ErrMalformed = errors.New("malformed event record")
+
 // ErrShortEvent reports a ring buffer record smaller than an event.
-var ErrShortEvent = errors.New("short event record")
+var ErrShortEvent = fmt.Errorf("%w: short", ErrMalformed)
 
 // DecodeEvent decodes one ring buffer record. It never panics on malformed input; it
 // fails on records of the wrong size or with impossible field values.
@@ -62,7 +65,7 @@ func DecodeEvent(b []byte) (Event, error) {
 	}
 	var raw probeEvent
 	if _, err := binary.Decode(b[:EventSize], binary.LittleEndian, &raw); err != nil {
-		return Event{}, fmt.Errorf("decode event: %w", err)
+		return Event{}, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	ev := Event{
 		BootNs:     raw.BootNs,
@@ -85,7 +88,7 @@ func DecodeEvent(b []byte) (Event, error) {
 	case 2:
 		ev.Verdict = VerdictDeny
 	default:
-		return Event{}, fmt.Errorf("decode event: verdict %d", raw.Verdict)
+		return Event{}, fmt.Errorf("%w: verdict %d", ErrMalformed, raw.Verdict)
 	}
 	switch raw.Mode {
 	case 1:
@@ -93,10 +96,10 @@ func DecodeEvent(b []byte) (Event, error) {
 	case 2:
 		ev.Mode = ModeLSM
 	default:
-		return Event{}, fmt.Errorf("decode event: attach mode %d", raw.Mode)
+		return Event{}, fmt.Errorf("%w: attach mode %d", ErrMalformed, raw.Mode)
 	}
 	if int(raw.FileDepth) > len(raw.File) || int(raw.ExeDepth) > len(raw.Exe) {
-		return Event{}, fmt.Errorf("decode event: path depth %d/%d", raw.FileDepth, raw.ExeDepth)
+		return Event{}, fmt.Errorf("%w: path depth %d/%d", ErrMalformed, raw.FileDepth, raw.ExeDepth)
 	}
 	ev.File = joinLeafFirst(raw.File[:raw.FileDepth])
 	if raw.ExeDepth > 0 || raw.ExeDev != 0 {

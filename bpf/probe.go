@@ -107,7 +107,7 @@ func Load(opts Options) (*Probe, error) {
 	case ModeAuto:
 		err = p.load(opts, ModeLSM)
 		if errors.Is(err, ErrLSMRefused) {
-			log.Warn("BPF LSM unavailable, falling back to syscall tracepoints (enforce kills the opener instead of failing the open)", "reason", errors.Unwrap(err))
+			log.Warn("BPF LSM unavailable, falling back to syscall tracepoints (enforce kills the opener instead of failing the open)", "err", err)
 			err = p.load(opts, ModeTracepoint)
 		}
 	default:
