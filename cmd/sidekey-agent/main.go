@@ -63,10 +63,14 @@ func parseLevel(s string) (slog.Level, error) {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stderr))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
-func run(args []string, stderr io.Writer) int {
+// run is the whole command; it returns the exit code. ctx ends on SIGTERM.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := pflag.NewFlagSet("sidekey-agent", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -94,11 +98,11 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	if cfg.Version {
-		fmt.Println("sidekey-agent", version.String())
+		fmt.Fprintln(stdout, "sidekey-agent", version.String())
 		return 0
 	}
 	if cfg.CheckReady {
-		return checkReady(cfg, stderr)
+		return checkReady(ctx, cfg, stderr)
 	}
 	level, _ := parseLevel(cfg.LogLevel)
 	var h slog.Handler = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})
@@ -106,12 +110,12 @@ func run(args []string, stderr io.Writer) int {
 		h = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})
 	}
 	log := slog.New(h)
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	if err := serve(ctx, cfg, log); err != nil {
-		log.Error("sidekey-agent failed", "err", err)
-		fmt.Fprintf(stderr, "sidekey-agent: %v\n", err)
+		if cfg.LogFormat == "json" {
+			log.Error("sidekey-agent failed", "err", err)
+		} else {
+			fmt.Fprintf(stderr, "sidekey-agent: %v\n", err)
+		}
 		return 1
 	}
 	return 0
@@ -217,7 +221,7 @@ func healthAddr(cfg Config, s *spec.Spec) string {
 }
 
 // checkReady is the startup probe: it reads only the health address from the spec.
-func checkReady(cfg Config, stderr io.Writer) int {
+func checkReady(ctx context.Context, cfg Config, stderr io.Writer) int {
 	var s *spec.Spec
 	if cfg.HealthAddr == "" {
 		s = &spec.Spec{}
@@ -230,7 +234,7 @@ func checkReady(cfg Config, stderr io.Writer) int {
 		_ = json.Unmarshal(b, s) // only healthAddr matters; a bad spec falls back to the default
 	}
 	addr := healthAddr(cfg, s)
-	if err := agent.CheckReady(context.Background(), addr); err != nil {
+	if err := agent.CheckReady(ctx, addr); err != nil {
 		fmt.Fprintf(stderr, "sidekey-agent: %v\n", err)
 		return 1
 	}
