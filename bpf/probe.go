@@ -78,6 +78,9 @@ type Probe struct {
 	// bootToWall converts bpf_ktime_get_boot_ns to wall time.
 	bootToWall time.Duration
 
+	closeOnce sync.Once
+	closeErr  error
+
 	mu      sync.Mutex
 	allowed map[uint32]map[AllowKey]struct{} // watch dev -> keys, to unwatch cleanly
 }
@@ -355,6 +358,11 @@ func (p *Probe) SetDeadline(t time.Time) { p.reader.SetDeadline(t) }
 
 // Close detaches the programs and frees the maps. A Read in progress returns ErrClosed.
 func (p *Probe) Close() error {
+	p.closeOnce.Do(func() { p.closeErr = p.close() })
+	return p.closeErr
+}
+
+func (p *Probe) close() error {
 	var errs []error
 	if p.reader != nil {
 		errs = append(errs, p.reader.Close())

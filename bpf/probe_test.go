@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sidekey/sidekey/bpf"
-	"github.com/sidekey/sidekey/bpf/internal/probetest"
+	"github.com/sidekey/sidekey/bpf/probetest"
 	"github.com/sidekey/sidekey/bpf/policy"
 )
 

@@ -22,7 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sidekey/sidekey/bpf"
-	"github.com/sidekey/sidekey/bpf/internal/probetest"
+	"github.com/sidekey/sidekey/bpf/probetest"
 	"github.com/sidekey/sidekey/bpf/kube"
 	"github.com/sidekey/sidekey/bpf/policy"
 	"github.com/sidekey/sidekey/bpf/report"
