@@ -59,7 +59,7 @@ const (
 
 type rule struct {
 	config.Rule
-	find      finder
+	find      *finder
 	multiline bool // the pattern spans lines: windows are not cut at the hit's line end
 	wholeFile bool // no keywords: the regex runs over the whole content
 }
@@ -98,7 +98,7 @@ func New(cfg config.Config, fileRules ...FileRule) *Engine {
 		r := rule{Rule: cr}
 		if cr.Regex != nil {
 			src := cr.Regex.String()
-			r.find = compileFinder(src, cr.Regex)
+			r.find = newFinder(cr.Regex)
 			if strings.Contains(src, `[\s\S`) || strings.Contains(src, `(?s`) || strings.Contains(src, `(?is`) {
 				r.multiline = true
 			}
@@ -438,26 +438,34 @@ func (s *Scanner) line(off, startLine int) int {
 	return startLine + n - 1
 }
 
-// sortAndDedupe orders hits by position and drops a regex hit that repeats a file rule's hit
-// (same line, same secret): the file rule names the credential better.
+// sortAndDedupe orders hits by position and drops redundant ones: a regex hit overlapping a
+// file rule's hit (the file rule names the credential better), and — as gitleaks does — a
+// generic rule's hit whose secret a specific rule's hit on the same line contains.
 func (s *Scanner) sortAndDedupe(nFile int) {
-	type key struct {
-		line   int
-		secret string
-	}
-	if nFile > 0 && len(s.hits) > nFile {
-		seen := map[key]bool{}
-		for _, h := range s.hits[:nFile] {
-			seen[key{h.Line, h.Secret}] = true
-		}
-		out := s.hits[:nFile]
-		for _, h := range s.hits[nFile:] {
-			if !seen[key{h.Line, h.Secret}] {
-				out = append(out, h)
+	drop := func(i int, h Hit) bool {
+		for _, f := range s.hits[:nFile] {
+			if h.Start < f.End && f.Start < h.End {
+				return true
 			}
 		}
-		s.hits = out
+		if !strings.Contains(strings.ToLower(h.RuleID), "generic") {
+			return false
+		}
+		for j, o := range s.hits {
+			if j != i && o.Line == h.Line && o.RuleID != h.RuleID && strings.Contains(o.Secret, h.Secret) &&
+				!strings.Contains(strings.ToLower(o.RuleID), "generic") {
+				return true
+			}
+		}
+		return false
 	}
+	out := make([]Hit, 0, len(s.hits))
+	for i, h := range s.hits {
+		if i < nFile || !drop(i, h) {
+			out = append(out, h)
+		}
+	}
+	s.hits = append(s.hits[:0], out...)
 	slices.SortStableFunc(s.hits, func(a, b Hit) int {
 		if a.Start != b.Start {
 			return a.Start - b.Start

@@ -1,0 +1,175 @@
+package detector_test
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/sidekey/sidekey/detector"
+	"github.com/sidekey/sidekey/detector/credfile"
+	"github.com/sidekey/sidekey/detector/match"
+	"github.com/sidekey/sidekey/detector/report"
+	"github.com/sidekey/sidekey/detector/rules"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// engine is shared by the tests: building it (compiling ~220 regular expressions) is the
+// slow part of a small scan.
+var engine = sync.OnceValues(func() (*match.Engine, error) {
+	cfg, err := rules.Default()
+	if err != nil {
+		return nil, err
+	}
+	return match.New(cfg, credfile.All()...), nil
+})
+
+func newDetector(t testing.TB, opts detector.Options) *detector.Detector {
+	t.Helper()
+	e, err := engine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return detector.New(e, opts)
+}
+
+// brief is the part of a finding the tests pin down.
+type brief struct {
+	Rule, Path, Status, Key string
+	Layer                   int
+}
+
+func briefs(r *report.Report) []brief {
+	var out []brief
+	for _, f := range r.Findings {
+		l := -1
+		if f.LayerIndex != nil {
+			l = *f.LayerIndex
+		}
+		out = append(out, brief{Rule: f.Rule, Path: f.Path, Status: string(f.Status), Key: f.Key, Layer: l})
+	}
+	return out
+}
+
+func TestScanImageFindsEverySecret(t *testing.T) {
+	d := newDetector(t, detector.Options{})
+	r, err := d.ScanImage(context.Background(), leakyImage(t), "leaky")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []brief{
+		{Rule: "generic-api-key", Path: "Env", Status: "metadata", Key: "DB_PASSWORD", Layer: -1},
+		{Rule: "npm-access-token", Path: "History", Status: "metadata", Key: "NPM_TOKEN", Layer: -1},
+		{Rule: "github-pat", Path: "Labels", Status: "metadata", Key: "ci.token", Layer: -1},
+		{Rule: "aws-access-token", Path: "/app/.env", Status: "deleted", Layer: 0},
+		{Rule: "github-pat", Path: "/app/config/token.txt", Status: "overwritten", Layer: 0},
+		{Rule: "stripe-access-token", Path: "/app/lib/app.jar!config/application.properties", Status: "present", Layer: 0},
+		{Rule: "npm-access-token", Path: "/app/vendor.tar.gz!secrets/npm.txt", Status: "present", Layer: 0},
+		{Rule: "slack-bot-token", Path: "/opt/old/slack.txt", Status: "deleted", Layer: 0},
+		{Rule: "sidekey-docker-config-auth", Path: "/root/.docker/config.json", Status: "present", Layer: 0},
+		{Rule: "sidekey-npmrc-auth", Path: "/root/.npmrc", Status: "present", Layer: 0},
+		{Rule: "sidekey-private-key-file", Path: "/root/.ssh/id_ed25519", Status: "present", Layer: 0},
+	}
+	if diff := cmp.Diff(want, briefs(r)); diff != "" {
+		t.Errorf("findings (-want +got):\n%s", diff)
+	}
+	if len(r.Problems) != 0 {
+		t.Errorf("problems = %v; want none", r.Problems)
+	}
+	if r.Stats.Layers != 3 || r.Stats.Archives != 2 {
+		t.Errorf("stats = %+v; want 3 layers, 2 archives", r.Stats)
+	}
+	for _, f := range r.Findings {
+		if f.Line == 0 && f.Source == report.SourceLayer {
+			t.Errorf("%s %s: line 0", f.Rule, f.Path)
+		}
+	}
+}
+
+func TestSecretsNeverInReports(t *testing.T) {
+	d := newDetector(t, detector.Options{})
+	r, err := d.ScanImage(context.Background(), leakyImage(t), "leaky")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range []report.Format{report.Text, report.JSON, report.SARIF} {
+		var buf bytes.Buffer
+		if err := r.Write(&buf, format, true); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []string{awsKey, ghPAT, ghPAT2, slackBot, stripe, npmTok, npmTok2, npmTok3, dockerPW, dbPW, ghPAT[4:20], sshKey(t)[40:80]} {
+			if bytes.Contains(buf.Bytes(), []byte(s)) {
+				t.Errorf("%s report contains the secret %.8s…", format, s)
+			}
+		}
+	}
+}
+
+func TestDecoysGiveNoFindings(t *testing.T) {
+	d := newDetector(t, detector.Options{})
+	r, err := d.ScanImage(context.Background(), decoyImage(t), "decoy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Findings) != 0 {
+		for _, f := range r.Findings {
+			t.Errorf("decoy finding: %s %s %s %s", f.Rule, f.Path, f.Key, f.Secret)
+		}
+	}
+}
+
+func TestScanBinaries(t *testing.T) {
+	for _, scanBinaries := range []bool{false, true} {
+		t.Run(fmt.Sprint(scanBinaries), func(t *testing.T) {
+			d := newDetector(t, detector.Options{ScanBinaries: scanBinaries})
+			r, err := d.ScanImage(context.Background(), leakyImage(t), "leaky")
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, f := range r.Findings {
+				found = found || f.Path == "/bin/tool"
+			}
+			if found != scanBinaries {
+				t.Errorf("finding in /bin/tool = %v; want %v", found, scanBinaries)
+			}
+		})
+	}
+}
+
+func TestReportGolden(t *testing.T) {
+	d := newDetector(t, detector.Options{})
+	r, err := d.ScanImage(context.Background(), leakyImage(t), "leaky")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Stats.DurationMS = 0
+	for _, format := range []report.Format{report.JSON, report.SARIF, report.Text} {
+		t.Run(string(format), func(t *testing.T) {
+			var buf bytes.Buffer
+			if err := r.Write(&buf, format, false); err != nil {
+				t.Fatal(err)
+			}
+			golden := filepath.Join("testdata", "leaky."+string(format)+".golden")
+			if *update {
+				if err := os.WriteFile(golden, buf.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test -update)", err)
+			}
+			if diff := cmp.Diff(string(want), buf.String()); diff != "" {
+				t.Errorf("%s report differs from %s (-want +got):\n%s", format, golden, diff)
+			}
+		})
+	}
+}

@@ -1,0 +1,154 @@
+// Package imagetest builds real OCI images in tests: layers from tar entries (files,
+// whiteouts, opaque directories), archives to nest in them (jar, tar.gz, gzip) and images
+// with a config (Env, Labels, history with build arguments). Everything is deterministic,
+// so reports built from these images can be compared with golden files.
+package imagetest
+
+import (
+	"archive/tar"
+	"archive/zip"
+	"bytes"
+	"compress/gzip"
+	"io"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// Entry is one tar entry. A Name ending in "/" is a directory; Link makes a symlink.
+type Entry struct {
+	Name string
+	Body string
+	Link string
+}
+
+// File is a regular file entry.
+func File(name, body string) Entry { return Entry{Name: name, Body: body} }
+
+// Whiteout deletes name (a file or directory of a lower layer).
+func Whiteout(dir, base string) Entry { return Entry{Name: dir + "/.wh." + base} }
+
+// Opaque hides everything lower layers put in dir.
+func Opaque(dir string) Entry { return Entry{Name: dir + "/.wh..wh..opq"} }
+
+var epoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// Tar returns a tar of entries.
+func Tar(t testing.TB, entries ...Entry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		h := &tar.Header{Name: e.Name, Mode: 0o644, ModTime: epoch, Typeflag: tar.TypeReg, Size: int64(len(e.Body))}
+		switch {
+		case e.Link != "":
+			h.Typeflag, h.Linkname, h.Size = tar.TypeSymlink, e.Link, 0
+		case len(e.Name) > 0 && e.Name[len(e.Name)-1] == '/':
+			h.Typeflag, h.Mode, h.Size = tar.TypeDir, 0o755, 0
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Size > 0 {
+			if _, err := io.WriteString(tw, e.Body); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// Gzip compresses data.
+func Gzip(t testing.TB, data []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.ModTime = epoch
+	if _, err := zw.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TarGz is a gzip-compressed tar of entries.
+func TarGz(t testing.TB, entries ...Entry) []byte { return Gzip(t, Tar(t, entries...)) }
+
+// Zip is a zip (a jar, a war) of entries.
+func Zip(t testing.TB, entries ...Entry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for _, e := range entries {
+		w, err := zw.CreateHeader(&zip.FileHeader{Name: e.Name, Method: zip.Deflate, Modified: epoch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(w, e.Body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// Layer is a gzip-compressed layer of entries.
+func Layer(t testing.TB, entries ...Entry) v1.Layer {
+	t.Helper()
+	data := Tar(t, entries...)
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(data)), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// Step is one layer with the history line that made it.
+type Step struct {
+	Layer     v1.Layer
+	CreatedBy string
+}
+
+// Image builds an image of steps whose config is cfg (Env, Labels, ...). extraHistory is
+// history without layers (ENV, ARG, ...) appended after the layers' history.
+func Image(t testing.TB, cfg v1.Config, steps []Step, extraHistory ...v1.History) v1.Image {
+	t.Helper()
+	img := empty.Image
+	var err error
+	for _, s := range steps {
+		img, err = mutate.Append(img, mutate.Addendum{Layer: s.Layer, History: v1.History{CreatedBy: s.CreatedBy, Created: v1.Time{Time: epoch}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.Config = cfg
+	cf.Created = v1.Time{Time: epoch}
+	cf.OS, cf.Architecture = "linux", "amd64"
+	for _, h := range extraHistory {
+		h.EmptyLayer = true
+		cf.History = append(cf.History, h)
+	}
+	img, err = mutate.ConfigFile(img, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
