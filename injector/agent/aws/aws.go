@@ -21,7 +21,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials/stscreds"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
-	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/sidekey/sidekey/injector/agent"
@@ -40,7 +39,7 @@ const (
 // Backend reads from Secrets Manager and SSM in one account and region. One goroutine at a time.
 type Backend struct {
 	sm  *secretsmanager.Client
-	ssm *ssm.Client
+	ssm *ssmClient
 	log *slog.Logger
 
 	cache map[spec.Source]cached // Secrets Manager documents by source (no key)
@@ -83,7 +82,7 @@ func New(ctx context.Context, cfg spec.AWS, log *slog.Logger) (*Backend, error) 
 	}
 	return &Backend{
 		sm:    secretsmanager.NewFromConfig(ac),
-		ssm:   ssm.NewFromConfig(ac),
+		ssm:   newSSMClient(ac),
 		log:   log.With("backend", "aws"),
 		cache: map[spec.Source]cached{},
 	}, nil

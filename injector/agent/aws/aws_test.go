@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/google/go-cmp/cmp"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -279,6 +280,7 @@ func TestAWSSignatureChecked(t *testing.T) {
 	fake.staticCreds("AKIDEXAMPLE", "right-secret")
 	fake.putSecret("prod/db", `{"password":"pw"}`)
 	fake.putSecret("other", "x")
+	fake.params["/app/feature"] = "on"
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
 	isolateAWSEnv(t, srv.URL)
@@ -296,7 +298,7 @@ func TestAWSSignatureChecked(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			res := b.Fetch(t.Context(), []spec.Source{*src("aws-sm:prod/db"), *src("aws-sm:other"), *src("aws-sm:missing")})
+			res := b.Fetch(t.Context(), []spec.Source{*src("aws-sm:prod/db"), *src("aws-sm:other"), *src("aws-sm:missing"), *src("aws-ssm:/app/feature"), *src("aws-ssm:/app/missing")})
 			if tt.wantErr != "" {
 				for i, r := range res {
 					if r.Err == nil || !strings.Contains(r.Err.Error(), tt.wantErr) {
@@ -310,6 +312,12 @@ func TestAWSSignatureChecked(t *testing.T) {
 			}
 			if res[2].Err == nil || !strings.Contains(res[2].Err.Error(), "ResourceNotFoundException") {
 				t.Errorf("missing secret error = %v; want ResourceNotFoundException", res[2].Err)
+			}
+			if res[3].Err != nil || string(res[3].Doc.Raw) != "on" {
+				t.Errorf("SSM parameter = %q, %v; want on", res[3].Doc.Raw, res[3].Err)
+			}
+			if res[4].Err == nil || !strings.Contains(res[4].Err.Error(), "no such parameter") {
+				t.Errorf("missing SSM parameter error = %v; want no such parameter", res[4].Err)
 			}
 		})
 	}
@@ -337,4 +345,36 @@ func readFiles(t *testing.T, dir string, like map[string]string) map[string]stri
 		got[name] = string(b)
 	}
 	return got
+}
+
+func TestSSMEndpoint(t *testing.T) {
+	tests := []struct {
+		name   string
+		env    map[string]string
+		base   string
+		region string
+		want   string
+	}{
+		{"regional", nil, "", "eu-west-1", "https://ssm.eu-west-1.amazonaws.com"},
+		{"china", nil, "", "cn-north-1", "https://ssm.cn-north-1.amazonaws.com.cn"},
+		{"fips", map[string]string{"AWS_USE_FIPS_ENDPOINT": "true"}, "", "us-east-1", "https://ssm-fips.us-east-1.amazonaws.com"},
+		{"base endpoint", nil, "http://127.0.0.1:4566", "us-east-1", "http://127.0.0.1:4566"},
+		{"service endpoint wins", map[string]string{"AWS_ENDPOINT_URL_SSM": "https://vpce.example"}, "http://127.0.0.1:4566", "us-east-1", "https://vpce.example"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("AWS_ENDPOINT_URL_SSM", "")
+			t.Setenv("AWS_USE_FIPS_ENDPOINT", "")
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			cfg := awssdk.Config{Region: tt.region}
+			if tt.base != "" {
+				cfg.BaseEndpoint = &tt.base
+			}
+			if got := ssmEndpoint(cfg); got != tt.want {
+				t.Errorf("ssmEndpoint = %q; want %q", got, tt.want)
+			}
+		})
+	}
 }
