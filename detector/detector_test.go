@@ -64,19 +64,7 @@ func TestScanImageFindsEverySecret(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []brief{
-		{Rule: "generic-api-key", Path: "Env", Status: "metadata", Key: "DB_PASSWORD", Layer: -1},
-		{Rule: "npm-access-token", Path: "History", Status: "metadata", Key: "NPM_TOKEN", Layer: -1},
-		{Rule: "github-pat", Path: "Labels", Status: "metadata", Key: "ci.token", Layer: -1},
-		{Rule: "aws-access-token", Path: "/app/.env", Status: "deleted", Layer: 0},
-		{Rule: "github-pat", Path: "/app/config/token.txt", Status: "overwritten", Layer: 0},
-		{Rule: "stripe-access-token", Path: "/app/lib/app.jar!config/application.properties", Status: "present", Layer: 0},
-		{Rule: "npm-access-token", Path: "/app/vendor.tar.gz!secrets/npm.txt", Status: "present", Layer: 0},
-		{Rule: "slack-bot-token", Path: "/opt/old/slack.txt", Status: "deleted", Layer: 0},
-		{Rule: "sidekey-docker-config-auth", Path: "/root/.docker/config.json", Status: "present", Layer: 0},
-		{Rule: "sidekey-npmrc-auth", Path: "/root/.npmrc", Status: "present", Layer: 0},
-		{Rule: "sidekey-private-key-file", Path: "/root/.ssh/id_ed25519", Status: "present", Layer: 0},
-	}
+	want := wantLeaky
 	if diff := cmp.Diff(want, briefs(r)); diff != "" {
 		t.Errorf("findings (-want +got):\n%s", diff)
 	}
@@ -173,3 +161,20 @@ func TestReportGolden(t *testing.T) {
 		})
 	}
 }
+
+// wantLeaky is what scanning leakyImage finds.
+var wantLeaky = []brief{
+	{Rule: "generic-api-key", Path: "Env", Status: "metadata", Key: "DB_PASSWORD", Layer: -1},
+	{Rule: "npm-access-token", Path: "History", Status: "metadata", Key: "NPM_TOKEN", Layer: -1},
+	{Rule: "github-pat", Path: "Labels", Status: "metadata", Key: "ci.token", Layer: -1},
+	{Rule: "aws-access-token", Path: "/app/.env", Status: "deleted", Layer: 0},
+	{Rule: "github-pat", Path: "/app/config/token.txt", Status: "overwritten", Layer: 0},
+	{Rule: "stripe-access-token", Path: "/app/lib/app.jar!config/application.properties", Status: "present", Layer: 0},
+	{Rule: "npm-access-token", Path: "/app/vendor.tar.gz!secrets/npm.txt", Status: "present", Layer: 0},
+	{Rule: "slack-bot-token", Path: "/opt/old/slack.txt", Status: "deleted", Layer: 0},
+	{Rule: "sidekey-docker-config-auth", Path: "/root/.docker/config.json", Status: "present", Layer: 0},
+	{Rule: "sidekey-npmrc-auth", Path: "/root/.npmrc", Status: "present", Layer: 0},
+	{Rule: "sidekey-private-key-file", Path: "/root/.ssh/id_ed25519", Status: "present", Layer: 0},
+}
+
+func detectorOptions() detector.Options { return detector.Options{} }

@@ -48,7 +48,11 @@ func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*r
 		if dg, err := l.Digest(); err == nil {
 			t.digest = dg.String()
 		}
-		if id, err := l.DiffID(); err == nil {
+		// The config's diff_ids are what the image promises; a layer's own DiffID may be
+		// computed from its (possibly tampered) content.
+		if len(cf.RootFS.DiffIDs) == len(layers) {
+			t.diffID = cf.RootFS.DiffIDs[i].String()
+		} else if id, err := l.DiffID(); err == nil {
 			t.diffID = id.String()
 		}
 		idx := newLayerIndex()
