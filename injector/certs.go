@@ -271,22 +271,20 @@ func (m *SelfManagedTLS) publish(ctx context.Context, bundle []byte) error {
 // tlsState is the content of the Secret, parsed.
 type tlsState struct {
 	cas                 []*x509.Certificate // newest first
-	caKey               crypto.Signer       // of cas[0]
+	keys                []crypto.Signer     // keys[i] signs cas[i]
 	leaf                *x509.Certificate
 	leafPEM, leafKeyPEM []byte
 	since               time.Time // when the bundle last changed
 }
 
 func parseTLSState(sec *corev1.Secret) (*tlsState, error) {
-	st := &tlsState{}
 	if len(sec.Data) == 0 {
-		return st, errors.New("empty")
+		return &tlsState{}, errors.New("empty")
 	}
-	rest := sec.Data[secretCABundle]
-	for {
+	st := &tlsState{}
+	for rest := sec.Data[secretCABundle]; ; {
 		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
+		if b, rest = pem.Decode(rest); b == nil {
 			break
 		}
 		c, err := x509.ParseCertificate(b.Bytes)
@@ -295,20 +293,30 @@ func parseTLSState(sec *corev1.Secret) (*tlsState, error) {
 		}
 		st.cas = append(st.cas, c)
 	}
-	key, err := parseKey(sec.Data[secretCAKey])
-	if err != nil || len(st.cas) == 0 {
-		return &tlsState{}, fmt.Errorf("%s/%s: %v", secretCABundle, secretCAKey, err)
+	for rest := sec.Data[secretCAKey]; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		k, err := parseKey(b.Bytes)
+		if err != nil {
+			return &tlsState{}, fmt.Errorf("%s: %w", secretCAKey, err)
+		}
+		st.keys = append(st.keys, k)
 	}
-	st.caKey = key
-	st.leafPEM, st.leafKeyPEM = sec.Data[secretCert], sec.Data[secretKey]
-	pair, err := tls.X509KeyPair(st.leafPEM, st.leafKeyPEM)
-	if err != nil {
-		return &tlsState{cas: st.cas, caKey: st.caKey}, fmt.Errorf("%s: %w", secretCert, err)
-	}
-	if st.leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
-		return &tlsState{cas: st.cas, caKey: st.caKey}, fmt.Errorf("%s: %w", secretCert, err)
+	if len(st.cas) == 0 || len(st.keys) != len(st.cas) {
+		return &tlsState{}, fmt.Errorf("%s/%s: %d CAs and %d keys", secretCABundle, secretCAKey, len(st.cas), len(st.keys))
 	}
 	st.since, _ = time.Parse(time.RFC3339, sec.Annotations[bundleSinceAnnotation])
+	st.leafPEM, st.leafKeyPEM = sec.Data[secretCert], sec.Data[secretKey]
+	pair, err := tls.X509KeyPair(st.leafPEM, st.leafKeyPEM)
+	if err == nil {
+		st.leaf, err = x509.ParseCertificate(pair.Certificate[0])
+	}
+	if err != nil {
+		st.leaf, st.leafPEM, st.leafKeyPEM = nil, nil, nil
+		return st, fmt.Errorf("%s: %w", secretCert, err)
+	}
 	return st, nil
 }
 
@@ -321,10 +329,14 @@ func (st *tlsState) bundle() []byte {
 }
 
 func (st *tlsState) store(sec *corev1.Secret) {
-	keyDER, _ := x509.MarshalPKCS8PrivateKey(st.caKey)
+	var keys []byte
+	for _, k := range st.keys {
+		der, _ := x509.MarshalPKCS8PrivateKey(k)
+		keys = append(keys, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})...)
+	}
 	sec.Data = map[string][]byte{
 		secretCABundle: st.bundle(),
-		secretCAKey:    pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		secretCAKey:    keys,
 		secretCert:     st.leafPEM,
 		secretKey:      st.leafKeyPEM,
 	}
@@ -334,51 +346,66 @@ func (st *tlsState) store(sec *corev1.Secret) {
 	sec.Annotations[bundleSinceAnnotation] = st.since.UTC().Format(time.RFC3339Nano)
 }
 
-// next advances st to now: create what is missing, rotate what is due. It reports whether st changed.
-// published says whether the webhook configuration already trusts st.cas[0].
+func (st *tlsState) addCA(now time.Time, life time.Duration) error {
+	ca, key, err := newCA(now, life)
+	if err != nil {
+		return err
+	}
+	st.cas = append([]*x509.Certificate{ca}, st.cas...)
+	st.keys = append([]crypto.Signer{key}, st.keys...)
+	st.since = now
+	return nil
+}
+
+// next advances st to now: create what is missing, rotate what is due. It reports whether st
+// changed. published says whether the webhook configuration already trusts st.cas[0].
+//
+// Timeline of one rotation: a CA with a third of its life left gets a successor, which joins
+// the bundle in front of it; once the bundle has been published for Propagation, the serving
+// certificate moves to the successor; the old CA leaves the bundle when it expires. A serving
+// certificate is renewed well before it expires (a third of its life, and never less than
+// Propagation plus three Intervals, so every replica has re-read it in time), from the newest
+// CA every API server already trusts.
 func (m *SelfManagedTLS) next(st *tlsState, now time.Time, published bool) (bool, error) {
 	changed := false
-	if len(st.cas) == 0 || st.caKey == nil || !now.Before(st.cas[0].NotAfter) {
-		ca, key, err := newCA(now, m.CALifetime)
-		if err != nil {
+	if len(st.cas) == 0 || !now.Before(st.cas[0].NotAfter) {
+		if err := st.addCA(now, m.CALifetime); err != nil {
 			return false, err
 		}
-		st.cas = append([]*x509.Certificate{ca}, st.cas...)
-		st.caKey, st.since, changed = key, now, true
+		changed = true
 	}
 	// Old CAs leave the bundle once expired; the newest always stays.
-	kept := st.cas[:1]
-	for _, c := range st.cas[1:] {
-		if now.Before(c.NotAfter) {
-			kept = append(kept, c)
+	for i := len(st.cas) - 1; i > 0; i-- {
+		if !now.Before(st.cas[i].NotAfter) {
+			st.cas = slices.Delete(st.cas, i, i+1)
+			st.keys = slices.Delete(st.keys, i, i+1)
+			st.since, changed = now, true
 		}
 	}
-	if len(kept) != len(st.cas) {
-		st.cas, st.since, changed = kept, now, true
-	}
-	// A new CA joins the bundle a third of its life before the old one expires.
-	if due(st.cas[0], now) {
-		ca, key, err := newCA(now, m.CALifetime)
-		if err != nil {
+	if due(st.cas[0], now, 0) {
+		if err := st.addCA(now, m.CALifetime); err != nil {
 			return false, err
 		}
-		st.cas = append([]*x509.Certificate{ca}, st.cas...)
-		st.caKey, st.since, changed = key, now, true
-		published = false
+		changed, published = true, false
+	}
+	settled := published && now.Sub(st.since) >= m.Propagation
+	// The CA to sign with: the newest once settled, else the one before it while it lasts.
+	signer := 0
+	if !settled && len(st.cas) > 1 && st.cas[1].NotAfter.Sub(now) > m.Propagation+3*m.Interval {
+		signer = 1
 	}
 	leafOK := st.leaf != nil && now.Before(st.leaf.NotAfter) && st.trusts(st.leaf)
-	fromNewest := leafOK && st.leaf.CheckSignatureFrom(st.cas[0]) == nil
-	settled := published && now.Sub(st.since) >= m.Propagation
 	switch {
 	case !leafOK:
-		// nothing valid to serve: issue now
-	case !fromNewest && settled:
+		// nothing valid to serve
+	case settled && st.leaf.CheckSignatureFrom(st.cas[0]) != nil:
 		// move to the newest CA once every API server can trust it
-	case fromNewest && (due(st.leaf, now) || !slices.Equal(st.leaf.DNSNames, m.DNSNames) || !sameIPs(st.leaf.IPAddresses, m.IPs)):
+	case due(st.leaf, now, m.Propagation+3*m.Interval):
+	case !slices.Equal(st.leaf.DNSNames, m.DNSNames) || !sameIPs(st.leaf.IPAddresses, m.IPs):
 	default:
 		return changed, nil
 	}
-	certPEM, keyPEM, leaf, err := newLeaf(st.cas[0], st.caKey, now, m.CertLifetime, m.DNSNames, m.IPs)
+	certPEM, keyPEM, leaf, err := newLeaf(st.cas[signer], st.keys[signer], now, m.CertLifetime, m.DNSNames, m.IPs)
 	if err != nil {
 		return false, err
 	}
@@ -395,10 +422,10 @@ func (st *tlsState) trusts(c *x509.Certificate) bool {
 	return false
 }
 
-// due reports whether c has less than a third of its life left.
-func due(c *x509.Certificate, now time.Time) bool {
-	life := c.NotAfter.Sub(c.NotBefore)
-	return c.NotAfter.Sub(now) < life/3
+// due reports whether c has less than a third of its life, or less than margin, left.
+func due(c *x509.Certificate, now time.Time, margin time.Duration) bool {
+	left := c.NotAfter.Sub(now)
+	return left < c.NotAfter.Sub(c.NotBefore)/3 || left < margin
 }
 
 func sameIPs(a, b []net.IP) bool {
@@ -478,12 +505,8 @@ func pemCert(der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
-func parseKey(b []byte) (crypto.Signer, error) {
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return nil, errors.New("no PEM key")
-	}
-	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+func parseKey(der []byte) (crypto.Signer, error) {
+	k, err := x509.ParsePKCS8PrivateKey(der)
 	if err != nil {
 		return nil, err
 	}

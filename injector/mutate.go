@@ -455,6 +455,11 @@ func (p *plan) apply(pod *corev1.Pod) {
 	pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: spec.VolumeName,
 		VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: &size}}})
 	mounts := []corev1.VolumeMount{{Name: spec.VolumeName, MountPath: p.spec.MountPath}}
+	if (p.spec.Vault != nil || p.awsRole != "") && pod.Spec.ServiceAccountName == "" {
+		// Projected tokens need a named account; the ServiceAccount admission plugin would
+		// name "default" too, but it may run after us or not at all.
+		pod.Spec.ServiceAccountName = "default"
+	}
 	if p.spec.Vault != nil {
 		pod.Spec.Volumes = append(pod.Spec.Volumes, tokenVolume(VaultTokenVolume, p.vaultAud, p.tokenExpiry))
 		mounts = append(mounts, corev1.VolumeMount{Name: VaultTokenVolume, MountPath: vaultTokenDir, ReadOnly: true})

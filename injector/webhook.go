@@ -1,14 +1,17 @@
 package injector
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"log/slog"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +23,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 )
 
@@ -31,6 +35,10 @@ type Handler struct {
 	// Roles looks up the IRSA role of a pod's ServiceAccount; nil skips the lookup.
 	Roles   RoleLookup
 	Metrics *Metrics
+
+	// answers remembers the response for recent pod objects: the replicas of one ReplicaSet
+	// arrive byte for byte identical, and their answer depends on nothing else.
+	answers answerCache
 }
 
 // RoleLookup finds the eks.amazonaws.com/role-arn annotation of a ServiceAccount ("" when unset).
@@ -58,12 +66,27 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.R
 		h.Metrics.observe(req.Namespace, resultSkipped)
 		return admission.Allowed("")
 	}
+	cacheable := h.Roles == nil || !needsRole(meta.Metadata.Annotations)
+	if cacheable {
+		if a, ok := h.answers.get(req.Object.Raw); ok {
+			h.Metrics.observe(req.Namespace, a.result)
+			h.Log.Debug("answer reused", "namespace", req.Namespace, "result", a.result)
+			return a.response()
+		}
+	}
+	resp, result := h.handlePod(ctx, req)
+	h.Metrics.observe(req.Namespace, result)
+	if cacheable && result != resultError {
+		h.answers.put(req.Object.Raw, newAnswer(resp, result))
+	}
+	return resp
+}
+
+// handlePod answers for a pod that carries sidekey annotations.
+func (h *Handler) handlePod(ctx context.Context, req admission.Request) (admission.Response, string) {
 	var pod corev1.Pod
 	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
-		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decode pod: %w", err))
-	}
-	if pod.Namespace == "" {
-		pod.Namespace = req.Namespace
+		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decode pod: %w", err)), resultError
 	}
 	log := h.Log.With("namespace", req.Namespace, "pod", podName(&pod), "uid", string(req.UID))
 
@@ -76,8 +99,7 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.R
 		arn, err := h.Roles.RoleARN(ctx, req.Namespace, sa)
 		if err != nil {
 			log.Error("look up service account role", "serviceAccount", sa, "err", err)
-			h.Metrics.observe(req.Namespace, resultError)
-			return admission.Errored(http.StatusInternalServerError, fmt.Errorf("look up the IRSA role of service account %s/%s: %w", req.Namespace, sa, err))
+			return admission.Errored(http.StatusInternalServerError, fmt.Errorf("look up the IRSA role of service account %s/%s: %w", req.Namespace, sa, err)), resultError
 		}
 		facts.ServiceAccountRoleARN = arn
 	}
@@ -86,26 +108,21 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.R
 	if err != nil {
 		msg := strings.ReplaceAll(err.Error(), "\n", "; ")
 		log.Info("pod refused", "reason", msg)
-		h.Metrics.observe(req.Namespace, resultDenied)
-		return admission.Denied(msg)
+		return admission.Denied(msg), resultDenied
 	}
 	if !res.Injected {
-		h.Metrics.observe(req.Namespace, resultSkipped)
-		return admission.Allowed("").WithWarnings(res.Warnings...)
+		return admission.Allowed("").WithWarnings(res.Warnings...), resultSkipped
 	}
 	out, err := json.Marshal(res.Pod)
 	if err != nil {
-		h.Metrics.observe(req.Namespace, resultError)
-		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("encode pod: %w", err))
+		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("encode pod: %w", err)), resultError
 	}
 	resp := admission.PatchResponseFromRaw(req.Object.Raw, out)
 	if !resp.Allowed {
-		h.Metrics.observe(req.Namespace, resultError)
-		return resp
+		return resp, resultError
 	}
 	log.Info("agent injected", "mode", res.Spec.Mode, "secrets", len(res.Spec.Secrets), "warnings", len(res.Warnings))
-	h.Metrics.observe(req.Namespace, resultInjected)
-	return resp.WithWarnings(res.Warnings...)
+	return resp.WithWarnings(res.Warnings...), resultInjected
 }
 
 func podName(p *corev1.Pod) string {
@@ -126,6 +143,81 @@ func needsRole(ann map[string]string) bool {
 		}
 	}
 	return false
+}
+
+// answerCache is a small map from pod object bytes to the answer given for them.
+type answerCache struct {
+	mu    sync.Mutex
+	seed  maphash.Seed
+	byKey map[uint64]*answer
+	order []uint64 // insertion order, for eviction
+}
+
+const answerCacheSize = 512
+
+type answer struct {
+	raw      []byte // the pod object, compared in full on a hit
+	result   string
+	allowed  bool
+	status   metav1.Status
+	patch    []byte
+	warnings []string
+}
+
+func newAnswer(r admission.Response, result string) *answer {
+	a := &answer{result: result, allowed: r.Allowed, warnings: r.Warnings}
+	if r.Result != nil {
+		a.status = *r.Result
+	}
+	if len(r.Patches) > 0 {
+		a.patch, _ = json.Marshal(r.Patches)
+	}
+	return a
+}
+
+// response builds a fresh Response: callers complete and encode it.
+func (a *answer) response() admission.Response {
+	st := a.status
+	r := admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: a.allowed, Result: &st, Warnings: a.warnings}}
+	if a.patch != nil {
+		pt := admissionv1.PatchTypeJSONPatch
+		r.Patch, r.PatchType = a.patch, &pt
+	}
+	if st.Code == 0 {
+		r.Result = nil
+	}
+	return r
+}
+
+func (c *answerCache) get(raw []byte) (*answer, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byKey == nil {
+		return nil, false
+	}
+	a, ok := c.byKey[maphash.Bytes(c.seed, raw)]
+	if !ok || !bytes.Equal(a.raw, raw) {
+		return nil, false
+	}
+	return a, true
+}
+
+func (c *answerCache) put(raw []byte, a *answer) {
+	a.raw = bytes.Clone(raw)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byKey == nil {
+		c.seed, c.byKey = maphash.MakeSeed(), map[uint64]*answer{}
+	}
+	k := maphash.Bytes(c.seed, raw)
+	if _, ok := c.byKey[k]; !ok {
+		c.order = append(c.order, k)
+	}
+	c.byKey[k] = a
+	if len(c.order) > answerCacheSize {
+		delete(c.byKey, c.order[0])
+		c.order = c.order[1:]
+	}
 }
 
 // ServiceAccountGetter is the part of client-go's CoreV1 that ServiceAccountRoles needs.
@@ -295,7 +387,7 @@ func (s *Server) fail(w http.ResponseWriter, code int, msg string) {
 
 // Review versions the API server may send.
 var reviewVersions = map[schema.GroupVersion]bool{
-	admissionv1.SchemeGroupVersion: true,
+	admissionv1.SchemeGroupVersion:                  true,
 	{Group: "admission.k8s.io", Version: "v1beta1"}: true,
 }
 
@@ -313,4 +405,23 @@ func DecodeReview(body []byte) (*admissionv1.AdmissionReview, error) {
 		return nil, errors.New("decode AdmissionReview: no request or no request uid")
 	}
 	return &review, nil
+}
+
+// DetectNativeSidecars asks the API server its version: native sidecars (init containers with
+// restartPolicy Always) are on by default from Kubernetes 1.29.
+func DetectNativeSidecars(d discovery.ServerVersionInterface) (bool, error) {
+	v, err := d.ServerVersion()
+	if err != nil {
+		return false, fmt.Errorf("ask the API server its version (or set --native-sidecars): %w", err)
+	}
+	return nativeSidecarsSupported(v.Major, v.Minor)
+}
+
+func nativeSidecarsSupported(major, minor string) (bool, error) {
+	ma, err1 := strconv.Atoi(strings.TrimRight(major, "+"))
+	mi, err2 := strconv.Atoi(strings.TrimRight(minor, "+"))
+	if err1 != nil || err2 != nil {
+		return false, fmt.Errorf("API server version %q.%q: set --native-sidecars=true or false", major, minor)
+	}
+	return ma > 1 || (ma == 1 && mi >= 29), nil
 }

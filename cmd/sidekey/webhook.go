@@ -10,8 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -241,7 +239,7 @@ func runWebhook(ctx context.Context, c *webhookConfig) error {
 
 	native := c.NativeSidecars == "true"
 	if c.NativeSidecars == "auto" {
-		if native, err = detectNativeSidecars(client); err != nil {
+		if native, err = injector.DetectNativeSidecars(client.Discovery()); err != nil {
 			return err
 		}
 		log.Info("native sidecars detected", "enabled", native)
@@ -352,24 +350,6 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return clientcmd.BuildConfigFromFlags("", kubeconfig)
 	}
 	return rest.InClusterConfig()
-}
-
-// detectNativeSidecars asks the API server its version: native sidecars are on by default from 1.29.
-func detectNativeSidecars(client kubernetes.Interface) (bool, error) {
-	v, err := client.Discovery().ServerVersion()
-	if err != nil {
-		return false, fmt.Errorf("--native-sidecars=auto: ask the API server its version: %w", err)
-	}
-	return nativeSidecarsSupported(v.Major, v.Minor)
-}
-
-func nativeSidecarsSupported(major, minor string) (bool, error) {
-	ma, err1 := strconv.Atoi(strings.TrimRight(major, "+"))
-	mi, err2 := strconv.Atoi(strings.TrimRight(minor, "+"))
-	if err1 != nil || err2 != nil {
-		return false, fmt.Errorf("--native-sidecars=auto: API server version %q.%q: set --native-sidecars=true or false", major, minor)
-	}
-	return ma > 1 || (ma == 1 && mi >= 29), nil
 }
 
 type saGetter struct{ client kubernetes.Interface }

@@ -1,0 +1,374 @@
+package injector
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	admregv1 "k8s.io/api/admissionregistration/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/sidekey/sidekey/injector/spec"
+	"github.com/sidekey/sidekey/internal/testenv"
+)
+
+// cluster is a real kube-apiserver with our webhook registered in front of it, its TLS
+// self-managed by two "replicas" that the webhook server alternates between on every handshake.
+type cluster struct {
+	cs       kubernetes.Interface
+	replicas [2]*SelfManagedTLS
+	leaves   sync.Map // serial -> issuer serial, of every certificate served
+	ns       string
+}
+
+const (
+	testWebhookNS     = "sidekey-system"
+	testWebhookConfig = "sidekey-webhook"
+)
+
+func startCluster(t *testing.T, lifetimes func(*SelfManagedTLS)) *cluster {
+	t.Helper()
+	rc := testenv.StartAPIServer(t)
+	cs := kubernetes.NewForConfigOrDie(rc)
+	ctx := t.Context()
+	c := &cluster{cs: cs, ns: "shop"}
+
+	native, err := DetectNativeSidecars(cs.Discovery())
+	if err != nil || !native {
+		t.Fatalf("DetectNativeSidecars = %v, %v; want true on this API server", native, err)
+	}
+	cfg := testConfig()
+	cfg.NativeSidecars = native
+
+	for _, ns := range []*corev1.Namespace{
+		{ObjectMeta: metav1.ObjectMeta{Name: testWebhookNS}},
+		{ObjectMeta: metav1.ObjectMeta{Name: c.ns, Labels: map[string]string{"sidekey.io/injection": "enabled"}}},
+	} {
+		if _, err := cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The webhook server: HTTP/1.1 without keep-alive, so every review is a new TLS handshake,
+	// served by replica 0 or 1 in turn.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var turn atomic.Uint64
+	h := &Handler{Config: &cfg, Log: testLogger(t), Roles: &ServiceAccountRoles{Get: saGet{cs}, TTL: time.Second}}
+	srv := &http.Server{Handler: NewServer(h, 0), TLSConfig: &tls.Config{
+		NextProtos: []string{"http/1.1"},
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			r := c.replicas[turn.Add(1)%2]
+			cert, err := r.GetCertificate(hello)
+			if err == nil {
+				c.leaves.Store(cert.Leaf.SerialNumber.String(), cert.Leaf.Issuer.CommonName)
+			}
+			return cert, err
+		},
+	}}
+	srv.SetKeepAlivesEnabled(false)
+	go func() { _ = srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	url := "https://" + ln.Addr().String() + "/mutate"
+	fail, none, ifNeeded := admregv1.Fail, admregv1.SideEffectClassNone, admregv1.IfNeededReinvocationPolicy
+	timeout := int32(10)
+	if _, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, &admregv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: testWebhookConfig},
+		Webhooks: []admregv1.MutatingWebhook{{
+			Name:         "inject.sidekey.io",
+			ClientConfig: admregv1.WebhookClientConfig{URL: &url},
+			Rules: []admregv1.RuleWithOperations{{Operations: []admregv1.OperationType{admregv1.Create},
+				Rule: admregv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}},
+			NamespaceSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"sidekey.io/injection": "enabled"}},
+			FailurePolicy:           &fail,
+			SideEffects:             &none,
+			ReinvocationPolicy:      &ifNeeded,
+			TimeoutSeconds:          &timeout,
+			AdmissionReviewVersions: []string{"v1"},
+		}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	for i := range c.replicas {
+		m := &SelfManagedTLS{Client: cs, Namespace: testWebhookNS, SecretName: "sidekey-webhook-tls",
+			WebhookConfig: testWebhookConfig, DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)},
+			Log: testLogger(t).With("replica", i)}
+		if lifetimes != nil {
+			lifetimes(m)
+		}
+		if err := m.Reconcile(ctx); err != nil {
+			t.Fatalf("replica %d: first reconcile: %v", i, err)
+		}
+		if err := m.Ready(); err != nil {
+			t.Fatal(err)
+		}
+		c.replicas[i] = m
+	}
+	// Wait until the API server calls the webhook (its configuration informer is asynchronous).
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; ; i++ {
+		p, err := cs.CoreV1().Pods(c.ns).Create(ctx, testPod(fmt.Sprintf("warmup-%d", i), map[string]string{
+			KeyInject: "true", KeyVaultRole: "app", KeySecret + "a": "vault:secret/data/a#k"}), metav1.CreateOptions{})
+		if err == nil && p.Annotations[KeyStatus] == spec.StatusInjected {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("webhook never called: last pod %v, err %v", p != nil && p.Annotations != nil, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return c
+}
+
+type saGet struct{ cs kubernetes.Interface }
+
+func (g saGet) Get(ctx context.Context, ns, name string) (*corev1.ServiceAccount, error) {
+	return g.cs.CoreV1().ServiceAccounts(ns).Get(ctx, name, metav1.GetOptions{})
+}
+
+func testPod(name string, ann map[string]string) *corev1.Pod {
+	uid := int64(1000)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
+		Spec: corev1.PodSpec{
+			SecurityContext: &corev1.PodSecurityContext{RunAsUser: &uid},
+			Containers: []corev1.Container{
+				{Name: "app", Image: "example.com/app:1"},
+				{Name: "logs", Image: "example.com/logs:1"},
+			},
+		},
+	}
+}
+
+func TestAPIServer(t *testing.T) {
+	c := startCluster(t, nil)
+	ctx := t.Context()
+	pods := c.cs.CoreV1().Pods(c.ns)
+
+	t.Run("annotated pod is injected with a native sidecar", func(t *testing.T) {
+		p, err := pods.Create(ctx, testPod("web", map[string]string{
+			KeyInject: "true", KeyVaultRole: "web", KeySecret + "db": "vault:database/creds/web", KeyOnChange: "signal:app:HUP"}), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored, err := pods.Get(ctx, p.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkInjected(t, Result{Pod: stored, Spec: specOf(t, stored)})
+		first := stored.Spec.InitContainers[0]
+		if first.Name != spec.AgentContainer || first.RestartPolicy == nil || *first.RestartPolicy != corev1.ContainerRestartPolicyAlways || first.StartupProbe == nil {
+			t.Errorf("first init container %s restartPolicy %v startupProbe %v; want the native sidecar", first.Name, first.RestartPolicy, first.StartupProbe)
+		}
+		if len(stored.Spec.Containers) != 2 {
+			t.Errorf("%d containers; want the two app containers only", len(stored.Spec.Containers))
+		}
+		if stored.Spec.ShareProcessNamespace == nil || !*stored.Spec.ShareProcessNamespace || stored.Annotations[KeySharedProcessNS] != "true" {
+			t.Errorf("shareProcessNamespace %v annotation %q; want true for on-change signal", stored.Spec.ShareProcessNamespace, stored.Annotations[KeySharedProcessNS])
+		}
+		for _, ctr := range stored.Spec.Containers {
+			if !hasMount(ctr, spec.VolumeName, DefaultMountPath, true) {
+				t.Errorf("container %s: no read-only mount of %s at %s", ctr.Name, spec.VolumeName, DefaultMountPath)
+			}
+		}
+	})
+
+	t.Run("plain pod is untouched", func(t *testing.T) {
+		in := testPod("plain", map[string]string{"example.com/other": "x"})
+		p, err := pods.Create(ctx, in, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Spec.InitContainers) != 0 || len(p.Spec.Containers) != 2 || len(p.Annotations) != 1 || len(p.Spec.Volumes) != 0 {
+			t.Errorf("plain pod was changed: annotations %v, %d init containers, %d volumes", p.Annotations, len(p.Spec.InitContainers), len(p.Spec.Volumes))
+		}
+	})
+
+	t.Run("typo is refused with the annotation named", func(t *testing.T) {
+		_, err := pods.Create(ctx, testPod("typo", map[string]string{
+			KeyInject: "true", prefix + "vault-roel": "web", KeySecret + "db": "vault:database/creds/web"}), metav1.CreateOptions{})
+		want := "sidekey.io/vault-roel: unknown sidekey annotation; did you mean sidekey.io/vault-role?"
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "denied the request") {
+			t.Fatalf("create = %v; want a denial containing %q", err, want)
+		}
+		if _, err := pods.Get(ctx, "typo", metav1.GetOptions{}); err == nil {
+			t.Errorf("refused pod was stored")
+		}
+	})
+
+	t.Run("Job's pod is init-only", func(t *testing.T) {
+		job, err := c.cs.BatchV1().Jobs(c.ns).Create(ctx, &batchv1.Job{
+			ObjectMeta: metav1.ObjectMeta{Name: "migrate"},
+			Spec: batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever,
+				Containers: []corev1.Container{{Name: "migrate", Image: "example.com/migrate:1"}}}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		yes := true
+		in := testPod("migrate-x1", map[string]string{KeyInject: "true", KeyVaultRole: "migrate", KeySecret + "db": "vault:database/creds/migrate"})
+		in.OwnerReferences = []metav1.OwnerReference{{APIVersion: "batch/v1", Kind: "Job", Name: job.Name, UID: job.UID, Controller: &yes}}
+		in.Spec.RestartPolicy = corev1.RestartPolicyNever
+		p, err := pods.Create(ctx, in, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, ctr := range append(p.Spec.InitContainers, p.Spec.Containers...) {
+			names = append(names, ctr.Name)
+		}
+		if got := strings.Join(names, ","); got != "sidekey-agent-init,app,logs" {
+			t.Errorf("containers %s; want sidekey-agent-init,app,logs", got)
+		}
+		if s := specOf(t, p); s.Mode != spec.ModeInitOnly {
+			t.Errorf("mode %s; want init-only", s.Mode)
+		}
+		if p.Spec.InitContainers[0].RestartPolicy != nil || strings.Join(p.Spec.InitContainers[0].Args, " ") != "--once" {
+			t.Errorf("init agent restartPolicy %v args %q; want a plain init container with --once", p.Spec.InitContainers[0].RestartPolicy, p.Spec.InitContainers[0].Args)
+		}
+	})
+
+	t.Run("IRSA role from the ServiceAccount", func(t *testing.T) {
+		const arn = "arn:aws:iam::123456789012:role/payments"
+		if _, err := c.cs.CoreV1().ServiceAccounts(c.ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+			Name: "payments", Annotations: map[string]string{ServiceAccountRoleARN: arn}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		in := testPod("payments", map[string]string{KeyInject: "true", KeyAWSRegion: "eu-west-1", KeySecret + "flag": "aws-ssm:/prod/flag"})
+		in.Spec.ServiceAccountName = "payments"
+		p, err := pods.Create(ctx, in, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := map[string]string{}
+		for _, e := range p.Spec.InitContainers[0].Env {
+			env[e.Name] = e.Value
+		}
+		if env["AWS_ROLE_ARN"] != arn || env["AWS_WEB_IDENTITY_TOKEN_FILE"] == "" {
+			t.Errorf("agent env %v; want AWS_ROLE_ARN %s and a web identity token file", env, arn)
+		}
+		var aud string
+		for _, v := range p.Spec.Volumes {
+			if v.Name == AWSTokenVolume {
+				aud = v.Projected.Sources[0].ServiceAccountToken.Audience
+			}
+		}
+		if aud != "sts.amazonaws.com" {
+			t.Errorf("aws token audience %q; want sts.amazonaws.com", aud)
+		}
+	})
+
+	t.Run("already injected pod is left alone", func(t *testing.T) {
+		first, err := pods.Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		again := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-copy", Annotations: first.Annotations}, Spec: first.Spec}
+		again.Spec.NodeName = ""
+		p, err := pods.Create(ctx, again, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Spec.InitContainers) != 1 || len(p.Spec.Volumes) != len(first.Spec.Volumes) {
+			t.Errorf("second injection: %d init containers, %d volumes; want 1 and %d", len(p.Spec.InitContainers), len(p.Spec.Volumes), len(first.Spec.Volumes))
+		}
+	})
+}
+
+func specOf(t *testing.T, p *corev1.Pod) *spec.Spec {
+	t.Helper()
+	for _, e := range p.Spec.InitContainers[0].Env {
+		if e.Name == spec.EnvVar {
+			s, err := spec.Decode([]byte(e.Value))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+	}
+	t.Fatalf("no %s in the first init container", spec.EnvVar)
+	return nil
+}
+
+func hasMount(c corev1.Container, vol, path string, ro bool) bool {
+	for _, m := range c.VolumeMounts {
+		if m.Name == vol && m.MountPath == path && m.ReadOnly == ro {
+			return true
+		}
+	}
+	return false
+}
+
+// TestAPIServerTLSRotation rotates the self-managed CA and serving certificate several times
+// while pods are created without pause, served by two replicas in turn: no creation may fail.
+func TestAPIServerTLSRotation(t *testing.T) {
+	c := startCluster(t, func(m *SelfManagedTLS) {
+		m.CALifetime, m.CertLifetime, m.Propagation, m.Interval = 9*time.Second, 4*time.Second, time.Second, 150*time.Millisecond
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	for _, r := range c.replicas {
+		go r.Run(ctx)
+	}
+	pods := c.cs.CoreV1().Pods(c.ns)
+	var (
+		created, failed atomic.Int64
+		mu              sync.Mutex
+		errs            []string
+		wg              sync.WaitGroup
+	)
+	stop := time.Now().Add(22 * time.Second)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(stop); i++ {
+				p, err := pods.Create(ctx, testPod(fmt.Sprintf("rot-%d-%d", w, i), map[string]string{
+					KeyInject: "true", KeyVaultRole: "app", KeySecret + "a": "vault:secret/data/a#k"}), metav1.CreateOptions{})
+				if err == nil && p.Annotations[KeyStatus] != spec.StatusInjected {
+					err = fmt.Errorf("pod %s stored without injection", p.Name)
+				}
+				if err != nil {
+					failed.Add(1)
+					mu.Lock()
+					errs = append(errs, err.Error())
+					mu.Unlock()
+					continue
+				}
+				created.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	issuers := map[string]bool{}
+	leaves := 0
+	c.leaves.Range(func(_, issuer any) bool {
+		leaves++
+		issuers[issuer.(string)] = true
+		return true
+	})
+	t.Logf("%d pods created, %d failed; %d serving certificates from %d CAs were served", created.Load(), failed.Load(), leaves, len(issuers))
+	if failed.Load() > 0 {
+		t.Errorf("%d creations failed during rotation; first: %s", failed.Load(), errs[0])
+	}
+	if len(issuers) < 3 || leaves < 5 {
+		t.Errorf("served %d certificates from %d CAs; want rotation to have happened (>= 5 from >= 3)", leaves, len(issuers))
+	}
+	if created.Load() < 50 {
+		t.Errorf("only %d pods created", created.Load())
+	}
+}

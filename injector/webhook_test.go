@@ -1,0 +1,312 @@
+package injector
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/yaml"
+)
+
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// review wraps an object in an AdmissionReview request body.
+func review(t testing.TB, apiVersion string, res metav1.GroupVersionResource, obj any) []byte {
+	t.Helper()
+	raw, err := json.Marshal(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: apiVersion, Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{UID: types.UID("uid-1"), Resource: res, Operation: admissionv1.Create,
+			Namespace: "shop", Object: runtime.RawExtension{Raw: raw}},
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func podFromFile(t testing.TB, file string) *corev1.Pod {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p corev1.Pod
+	if err := yaml.Unmarshal(b, &p); err != nil {
+		t.Fatal(err)
+	}
+	return &p
+}
+
+type fakeRoles map[string]string
+
+func (f fakeRoles) RoleARN(_ context.Context, ns, name string) (string, error) {
+	return f[ns+"/"+name], nil
+}
+
+func TestServer(t *testing.T) {
+	cfg := testConfig()
+	reg := prometheus.NewRegistry()
+	h := &Handler{Config: &cfg, Log: testLogger(t), Metrics: NewMetrics(reg),
+		Roles: fakeRoles{"shop/payments": "arn:aws:iam::123456789012:role/payments"}}
+	srv := NewServer(h, 64<<10)
+
+	annotated := podFromFile(t, "testdata/basic.pod.yaml")
+	plain := podFromFile(t, "testdata/plain.pod.yaml")
+	typo := podFromFile(t, "testdata/typo.pod.yaml")
+	aws := podFromFile(t, "testdata/template-aws.pod.yaml")
+	aws.Namespace = ""
+	big := plain.DeepCopy()
+	big.Annotations["filler"] = strings.Repeat("x", 70<<10)
+
+	tests := []struct {
+		name        string
+		method      string
+		ctype       string
+		body        []byte
+		wantStatus  int
+		wantAllowed bool
+		wantPatch   *corev1.Pod // the pod the patch must produce
+		original    *corev1.Pod
+		wantMsg     string
+		wantAPI     string
+	}{
+		{name: "annotated pod", body: review(t, "admission.k8s.io/v1", podResource, annotated), wantStatus: 200, wantAllowed: true,
+			original: annotated, wantPatch: mustMutate(t, annotated, &cfg, Facts{})},
+		{name: "v1beta1 review", body: review(t, "admission.k8s.io/v1beta1", podResource, annotated), wantStatus: 200, wantAllowed: true,
+			original: annotated, wantPatch: mustMutate(t, annotated, &cfg, Facts{}), wantAPI: "admission.k8s.io/v1beta1"},
+		{name: "role from service account", body: review(t, "admission.k8s.io/v1", podResource, aws), wantStatus: 200, wantAllowed: true,
+			original: aws, wantPatch: mustMutate(t, aws, &cfg, Facts{ServiceAccountRoleARN: "arn:aws:iam::123456789012:role/payments"})},
+		{name: "plain pod", body: review(t, "admission.k8s.io/v1", podResource, plain), wantStatus: 200, wantAllowed: true},
+		{name: "typo", body: review(t, "admission.k8s.io/v1", podResource, typo), wantStatus: 200,
+			wantMsg: "sidekey.io/vault-roel: unknown sidekey annotation; did you mean sidekey.io/vault-role?"},
+		{name: "not a pod", body: review(t, "admission.k8s.io/v1", metav1.GroupVersionResource{Group: "apps", Version: "v1", Resource: "deployments"},
+			map[string]any{"metadata": map[string]any{"annotations": map[string]string{KeyInject: "true"}}}), wantStatus: 200, wantAllowed: true},
+		{name: "malformed json", body: []byte(`{"apiVersion":`), wantStatus: 400},
+		{name: "not a review", body: []byte(`{"apiVersion":"v1","kind":"Pod"}`), wantStatus: 400},
+		{name: "no request", body: []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`), wantStatus: 400},
+		{name: "too big", body: review(t, "admission.k8s.io/v1", podResource, big), wantStatus: 413},
+		{name: "wrong content type", ctype: "text/plain", body: review(t, "admission.k8s.io/v1", podResource, plain), wantStatus: 415},
+		{name: "GET", method: "GET", wantStatus: 405},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			method, ctype := cmpOr(tt.method, "POST"), cmpOr(tt.ctype, "application/json")
+			req := httptest.NewRequest(method, "/mutate", bytes.NewReader(tt.body))
+			req.Header.Set("Content-Type", ctype)
+			rec := httptest.NewRecorder()
+			srv.ServeHTTP(rec, req)
+			if rec.Code != tt.wantStatus {
+				t.Fatalf("status %d; want %d; body %s", rec.Code, tt.wantStatus, rec.Body)
+			}
+			if tt.wantStatus != 200 {
+				return
+			}
+			var out admissionv1.AdmissionReview
+			if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+				t.Fatal(err)
+			}
+			if want := cmpOr(tt.wantAPI, "admission.k8s.io/v1"); out.APIVersion != want || out.Kind != "AdmissionReview" {
+				t.Errorf("response %s %s; want %s AdmissionReview", out.APIVersion, out.Kind, want)
+			}
+			if out.Response.UID != "uid-1" || out.Response.Allowed != tt.wantAllowed {
+				t.Fatalf("response uid %q allowed %v; want uid-1 %v (%+v)", out.Response.UID, out.Response.Allowed, tt.wantAllowed, out.Response.Result)
+			}
+			if tt.wantMsg != "" && (out.Response.Result == nil || !strings.Contains(out.Response.Result.Message, tt.wantMsg)) {
+				t.Errorf("message %+v; want it to contain %q", out.Response.Result, tt.wantMsg)
+			}
+			if tt.wantPatch == nil {
+				if len(out.Response.Patch) != 0 {
+					t.Errorf("unexpected patch %s", out.Response.Patch)
+				}
+				return
+			}
+			orig, _ := json.Marshal(tt.original)
+			p, err := jsonpatch.DecodePatch(out.Response.Patch)
+			if err != nil {
+				t.Fatalf("decode patch: %v", err)
+			}
+			patched, err := p.Apply(orig)
+			if err != nil {
+				t.Fatalf("apply patch: %v", err)
+			}
+			var got corev1.Pod
+			if err := json.Unmarshal(patched, &got); err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(tt.wantPatch, &got); d != "" {
+				t.Errorf("patched pod differs from Mutate (-want +got):\n%s", d)
+			}
+			if len(out.Response.Warnings) != 0 && tt.name == "annotated pod" {
+				t.Errorf("warnings %q for a pod with runAsUser", out.Response.Warnings)
+			}
+		})
+	}
+	if got := counter(t, h.Metrics.injections.WithLabelValues("shop")); got != 3 {
+		t.Errorf("injections{namespace=shop} = %v; want 3", got)
+	}
+	if got := counter(t, h.Metrics.denials.WithLabelValues("shop")); got != 1 {
+		t.Errorf("denials{namespace=shop} = %v; want 1", got)
+	}
+}
+
+func counter(t *testing.T, c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func mustMutate(t testing.TB, p *corev1.Pod, cfg *Config, f Facts) *corev1.Pod {
+	t.Helper()
+	res, err := Mutate(p, cfg, f)
+	if err != nil || !res.Injected {
+		t.Fatalf("Mutate = %v, %v", res.Injected, err)
+	}
+	return res.Pod
+}
+
+func FuzzDecodeReview(f *testing.F) {
+	pod := podFromFile(f, "testdata/basic.pod.yaml")
+	f.Add(review(f, "admission.k8s.io/v1", podResource, pod))
+	f.Add([]byte(`{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"x"}}`))
+	f.Add([]byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x","object":null}}`))
+	f.Add([]byte(`null`))
+	cfg := testConfig()
+	h := &Handler{Config: &cfg, Log: slog.New(slog.DiscardHandler)}
+	srv := NewServer(h, 1<<20)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		r, err := DecodeReview(body)
+		if err != nil {
+			return
+		}
+		if r.Request == nil || r.Request.UID == "" {
+			t.Fatalf("DecodeReview(%q) accepted a review without request uid", body)
+		}
+		// The whole server must answer any decodable review without panicking, with its uid.
+		req := httptest.NewRequest("POST", "/mutate", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		var out admissionv1.AdmissionReview
+		if rec.Code != 200 || json.Unmarshal(rec.Body.Bytes(), &out) != nil || out.Response == nil || out.Response.UID != r.Request.UID {
+			t.Fatalf("ServeHTTP(%q) = %d %s", body, rec.Code, rec.Body)
+		}
+	})
+}
+
+// BenchmarkWebhookTLS measures whole admission reviews over TLS (HTTP/2) on loopback, as the
+// API server sends them: reviews/s and p50/p99 latency at concurrency 1, 16 and 64. "replicas"
+// sends the same pod every time, as a ReplicaSet's pods arrive (the webhook reuses its answer);
+// "unique" gives every pod its own name, so every review runs the full mutation and diff.
+func BenchmarkWebhookTLS(b *testing.B) {
+	cfg := testConfig()
+	h := &Handler{Config: &cfg, Log: slog.New(slog.DiscardHandler), Metrics: NewMetrics(prometheus.NewRegistry())}
+	ts := httptest.NewUnstartedServer(NewServer(h, 0))
+	ts.EnableHTTP2 = true
+	ts.StartTLS()
+	defer ts.Close()
+	pod := podFromFile(b, "testdata/basic.pod.yaml")
+	pod.Name = "web-00000000"
+	body := review(b, "admission.k8s.io/v1", podResource, pod)
+	at := bytes.Index(body, []byte("web-00000000"))
+	for _, kind := range []string{"replicas", "unique"} {
+		for _, c := range []int{1, 16, 64} {
+			b.Run(fmt.Sprintf("%s/c=%d", kind, c), func(b *testing.B) {
+				benchReviews(b, ts, c, func(i int) []byte {
+					if kind == "replicas" {
+						return body
+					}
+					out := bytes.Clone(body)
+					copy(out[at+4:], fmt.Sprintf("%08x", i))
+					return out
+				})
+			})
+		}
+	}
+}
+
+func benchReviews(b *testing.B, ts *httptest.Server, c int, body func(int) []byte) {
+	client := ts.Client()
+	lat := make([]time.Duration, 0, b.N)
+	var mu sync.Mutex
+	work := make(chan []byte, b.N)
+	for i := range b.N {
+		work <- body(i)
+	}
+	close(work)
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mine := make([]time.Duration, 0, b.N/c+1)
+			for req := range work {
+				t0 := time.Now()
+				resp, err := client.Post(ts.URL+"/mutate", "application/json", bytes.NewReader(req))
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					b.Errorf("status %d", resp.StatusCode)
+					return
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(len(lat))/elapsed.Seconds(), "reviews/s")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
