@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,23 +19,6 @@ import (
 	"github.com/sidekey/sidekey/internal/testenv"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func specJSON(t *testing.T, s spec.Spec) string {
 	t.Helper()
 	b, err := json.Marshal(s)
@@ -47,13 +28,7 @@ func specJSON(t *testing.T, s spec.Spec) string {
 	return string(b)
 }
 
-func mustSource(s string) *spec.Source {
-	x, err := spec.ParseSource(s)
-	if err != nil {
-		panic(err)
-	}
-	return &x
-}
+var mustSource = agenttest.Source
 
 func TestFlagsAndConfig(t *testing.T) {
 	tests := []struct {
@@ -75,7 +50,7 @@ func TestFlagsAndConfig(t *testing.T) {
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}
-			var out, errb syncBuffer
+			var out, errb agenttest.LockedBuffer
 			code := run(t.Context(), tt.args, &out, &errb)
 			if code != tt.wantCode || !strings.Contains(errb.String(), tt.wantErr) {
 				t.Errorf("run(%q) = %d, stderr %q; want %d and %q", tt.args, code, errb.String(), tt.wantCode, tt.wantErr)
@@ -89,7 +64,7 @@ func TestRefusesDisk(t *testing.T) {
 	t.Setenv(spec.EnvVar, specJSON(t, spec.Spec{Version: spec.Version, MountPath: dir, Mode: spec.ModeInitOnly,
 		Vault: &spec.Vault{Addr: "http://127.0.0.1:1"}, Secrets: []spec.Secret{{Name: "a", File: "a", Mode: 0o400, Source: mustSource("vault:secret/a")}}}))
 	t.Setenv("VAULT_TOKEN", "x")
-	var out, errb syncBuffer
+	var out, errb agenttest.LockedBuffer
 	if code := run(t.Context(), []string{"--once"}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "not a memory file system") || !strings.Contains(errb.String(), "--allow-disk") {
 		t.Errorf("run --once on a disk dir = %d, %q; want 1 and a refusal naming --allow-disk", code, errb.String())
 	}
@@ -116,7 +91,7 @@ func TestInitAndSidecar(t *testing.T) {
 
 	t.Run("once", func(t *testing.T) {
 		t.Setenv(spec.EnvVar, specJSON(t, base))
-		var out, errb syncBuffer
+		var out, errb agenttest.LockedBuffer
 		if code := run(t.Context(), []string{"--once"}, &out, &errb); code != 0 {
 			t.Fatalf("run --once = %d; stderr:\n%s", code, errb.String())
 		}
@@ -129,7 +104,7 @@ func TestInitAndSidecar(t *testing.T) {
 		s := base
 		s.Secrets = append(s.Secrets, spec.Secret{Name: "missing", File: "missing", Mode: 0o400, Source: mustSource("vault:secret/absent#x")})
 		t.Setenv(spec.EnvVar, specJSON(t, s))
-		var out, errb syncBuffer
+		var out, errb agenttest.LockedBuffer
 		code := run(t.Context(), []string{"--once", "--init-timeout", "1500ms"}, &out, &errb)
 		msg := errb.String()
 		if code != 1 || !strings.Contains(msg, `secret "missing"`) || !strings.Contains(msg, "gave up after 1.5s") {
@@ -144,12 +119,12 @@ func TestInitAndSidecar(t *testing.T) {
 		os.RemoveAll(filepath.Join(dir, "db"))
 		t.Setenv(spec.EnvVar, specJSON(t, base))
 		ctx, cancel := context.WithCancel(t.Context())
-		var out, errb syncBuffer
+		var out, errb agenttest.LockedBuffer
 		done := make(chan int, 1)
 		go func() { done <- run(ctx, []string{"--log-format", "json"}, &out, &errb) }()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			var o, e syncBuffer
+			var o, e agenttest.LockedBuffer
 			if run(t.Context(), []string{"--check-ready"}, &o, &e) == 0 {
 				break
 			}

@@ -90,13 +90,7 @@ func isolateAWSEnv(t *testing.T, endpoint string) {
 	}
 }
 
-func src(s string) *spec.Source {
-	x, err := spec.ParseSource(s)
-	if err != nil {
-		panic(err)
-	}
-	return &x
-}
+var src = agenttest.Source
 
 func TestAWSWithIRSA(t *testing.T) {
 	c := startCluster(t)
@@ -177,7 +171,7 @@ func TestAWSWithIRSA(t *testing.T) {
 			"feature":           "on",
 			"dsn":               "postgres://app:pw-1@db/app?token=ssm-token-1",
 		}
-		if diff := cmp.Diff(want, readFiles(t, dir, want)); diff != "" {
+		if diff := cmp.Diff(want, agenttest.ReadFiles(dir, want)); diff != "" {
 			t.Errorf("files (-want +got):\n%s", diff)
 		}
 		wantCalls := map[string]int{"AssumeRoleWithWebIdentity": 1, "BatchGetSecretValue": 1, "GetSecretValue": 1, "GetParameters": 1}
@@ -210,7 +204,7 @@ func TestAWSWithIRSA(t *testing.T) {
 		want["db/password"] = "pw-2"
 		want["db/all.json"] = `{"username":"app","password":"pw-2"}`
 		want["dsn"] = "postgres://app:pw-2@db/app?token=ssm-token-1"
-		if diff := cmp.Diff(want, readFiles(t, dir, want)); diff != "" {
+		if diff := cmp.Diff(want, agenttest.ReadFiles(dir, want)); diff != "" {
 			t.Errorf("files after rotation (-want +got):\n%s", diff)
 		}
 		if _, err := os.Stat(touch); err != nil {
@@ -232,7 +226,7 @@ func TestAWSWithIRSA(t *testing.T) {
 		if err := a.Sync(t.Context()); err == nil {
 			t.Fatalf("Sync with every request refused succeeded")
 		}
-		if diff := cmp.Diff(want, readFiles(t, dir, want)); diff != "" {
+		if diff := cmp.Diff(want, agenttest.ReadFiles(dir, want)); diff != "" {
 			t.Errorf("files after a failed refresh (-want +got):\n%s", diff)
 		}
 		if a.Metrics().FetchErrors(spec.BackendAWSSM) == 0 {
@@ -331,20 +325,6 @@ func (f *fakeAWS) snapshot() map[string]int {
 		out[k] = v
 	}
 	return out
-}
-
-func readFiles(t *testing.T, dir string, like map[string]string) map[string]string {
-	t.Helper()
-	got := map[string]string{}
-	for name := range like {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			got[name] = "ERROR: " + err.Error()
-			continue
-		}
-		got[name] = string(b)
-	}
-	return got
 }
 
 func TestSSMEndpoint(t *testing.T) {

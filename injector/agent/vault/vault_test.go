@@ -1,12 +1,10 @@
 package vault
 
 import (
-	"bytes"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -95,42 +93,19 @@ func mustWrite(t *testing.T, c *vapi.Client, path string, data map[string]any) *
 	return s
 }
 
-func src(s string) *spec.Source {
-	x, err := spec.ParseSource(s)
-	if err != nil {
-		panic(err)
-	}
-	return &x
-}
+var src = agenttest.Source
 
 // harness is an agent on a tmpfs with a settable clock and a captured log.
 type harness struct {
 	dir   string
 	agent *agent.Agent
 	clock *agenttest.Clock
-	logs  *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	logs  *agenttest.LockedBuffer
 }
 
 func newHarness(t *testing.T, vc spec.Vault, token string, secrets []spec.Secret, realClock bool) *harness {
 	t.Helper()
-	h := &harness{dir: agenttest.MountTmpfs(t), clock: &agenttest.Clock{T: time.Now()}, logs: &lockedBuffer{}}
+	h := &harness{dir: agenttest.MountTmpfs(t), clock: &agenttest.Clock{T: time.Now()}, logs: &agenttest.LockedBuffer{}}
 	// The backend follows real time (Vault enforces TTLs in real time); the agent's refresh
 	// schedule follows the test's clock unless realClock.
 	now := h.clock.Now
@@ -165,17 +140,7 @@ func newHarness(t *testing.T, vc spec.Vault, token string, secrets []spec.Secret
 }
 
 func (h *harness) read(t *testing.T, like map[string]string) map[string]string {
-	t.Helper()
-	got := map[string]string{}
-	for name := range like {
-		b, err := os.ReadFile(filepath.Join(h.dir, name))
-		if err != nil {
-			got[name] = "ERROR: " + err.Error()
-			continue
-		}
-		got[name] = string(b)
-	}
-	return got
+	return agenttest.ReadFiles(h.dir, like)
 }
 
 // TestKVVersions reads KV v1 and v2 secrets from a real Vault, without the spec saying which
