@@ -121,6 +121,11 @@ func (h *Handler) handlePod(ctx context.Context, req admission.Request) (admissi
 	if !resp.Allowed {
 		return resp, resultError
 	}
+	// Encode the patch once, here, for the answer cache and the reply alike.
+	if resp.Patch, err = json.Marshal(resp.Patches); err != nil {
+		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("encode patch: %w", err)), resultError
+	}
+	resp.Patches = nil
 	log.Info("agent injected", "mode", res.Spec.Mode, "secrets", len(res.Spec.Secrets), "warnings", len(res.Warnings))
 	return resp.WithWarnings(res.Warnings...), resultInjected
 }
@@ -169,8 +174,8 @@ func newAnswer(r admission.Response, result string) *answer {
 	if r.Result != nil {
 		a.status = *r.Result
 	}
-	if len(r.Patches) > 0 {
-		a.patch, _ = json.Marshal(r.Patches)
+	if len(r.Patch) > 0 {
+		a.patch = r.Patch
 	}
 	return a
 }

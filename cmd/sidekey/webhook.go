@@ -119,6 +119,7 @@ type webhookConfig struct {
 	ServiceName    string        `mapstructure:"service-name"`
 	Namespace      string        `mapstructure:"namespace"`
 	WebhookConfig  string        `mapstructure:"webhook-config"`
+	TLSExtraSANs   []string      `mapstructure:"tls-extra-sans"`
 	HealthAddr     string        `mapstructure:"health-addr"`
 	MetricsAddr    string        `mapstructure:"metrics-addr"`
 	MaxBodyBytes   int64         `mapstructure:"max-body-bytes"`
@@ -186,6 +187,7 @@ Every flag can also be set as SIDEKEY_<FLAG> (e.g. SIDEKEY_VAULT_ADDR) or in --c
 	fs.String("tls-secret", "sidekey-webhook-tls", "Secret (in --namespace) holding the self-managed CA and certificate")
 	fs.String("service-name", "sidekey-webhook", "Service in front of the webhook; names the self-managed certificate")
 	fs.String("namespace", os.Getenv("POD_NAMESPACE"), "namespace of the webhook's Service and Secret (default $POD_NAMESPACE)")
+	fs.StringSlice("tls-extra-sans", nil, "extra DNS names or IP addresses for the self-managed certificate (e.g. 127.0.0.1 for a webhook outside the cluster)")
 	fs.String("webhook-config", "sidekey-webhook", "MutatingWebhookConfiguration whose caBundle the self-managed TLS keeps current")
 	fs.String("health-addr", ":8081", "address of /healthz and /readyz (plain HTTP)")
 	fs.String("metrics-addr", ":9090", "address of the Prometheus /metrics (plain HTTP; empty to disable)")
@@ -263,6 +265,13 @@ func runWebhook(ctx context.Context, c *webhookConfig) error {
 	if c.TLSSelfManaged {
 		m := &injector.SelfManagedTLS{Client: client, Namespace: c.Namespace, SecretName: c.TLSSecret,
 			WebhookConfig: c.WebhookConfig, DNSNames: injector.ServiceDNSNames(c.ServiceName, c.Namespace), Log: log}
+		for _, san := range c.TLSExtraSANs {
+			if ip := net.ParseIP(san); ip != nil {
+				m.IPs = append(m.IPs, ip)
+			} else {
+				m.DNSNames = append(m.DNSNames, san)
+			}
+		}
 		for {
 			err := m.Reconcile(ctx)
 			if err == nil {
