@@ -552,3 +552,24 @@ func editDistance(a, b string) int {
 	}
 	return prev[len(b)]
 }
+
+// AnnotationReference renders the grammar as a Markdown table (the README's annotation reference).
+func AnnotationReference() string {
+	var b strings.Builder
+	b.WriteString("| Annotation | Default | Meaning |\n|---|---|---|\n")
+	esc := strings.NewReplacer("|", `\|`, "\n", " ", "<", "&lt;", ">", "&gt;")
+	cell := func(s string) string { return strings.NewReplacer("|", `\|`, "\n", " ").Replace(s) }
+	for _, a := range annotations {
+		def := a.Default
+		switch {
+		case a.Output:
+			def = "(set by the webhook)"
+		case def == "":
+			def = "—"
+		case !strings.Contains(def, " "):
+			def = "`" + def + "`"
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", cell(a.Key), esc.Replace(def), esc.Replace(a.Description))
+	}
+	return b.String()
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -135,6 +136,17 @@ func injectObject(obj map[string]any, cfg *Config, doc int, results *[]ManifestR
 	if tmpl == nil {
 		return false, nil
 	}
+	var misplaced []string
+	if kind != "Pod" {
+		if ann, ok := meta["annotations"].(map[string]any); ok {
+			for k := range ann {
+				if strings.HasPrefix(k, prefix) {
+					misplaced = append(misplaced, k)
+				}
+			}
+		}
+	}
+	sort.Strings(misplaced)
 	var pt corev1.PodTemplateSpec
 	b, _ := json.Marshal(map[string]any{"metadata": tmpl["metadata"], "spec": tmpl["spec"]})
 	if err := json.Unmarshal(b, &pt); err != nil {
@@ -147,6 +159,11 @@ func injectObject(obj map[string]any, cfg *Config, doc int, results *[]ManifestR
 	res, err := Mutate(pod, cfg, facts)
 	if err != nil {
 		return false, fmt.Errorf("%s: %w", where, err)
+	}
+	if len(misplaced) > 0 {
+		// The webhook only sees pods: annotations on the workload itself do nothing.
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%s on the %s's own metadata are ignored; move them to %s.metadata.annotations",
+			strings.Join(misplaced, ", "), kind, strings.Join(templatePaths[kind], ".")))
 	}
 	*results = append(*results, ManifestResult{Document: doc, Kind: kind, Name: name, Injected: res.Injected, Warnings: res.Warnings})
 	if !res.Injected {

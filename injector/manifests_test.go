@@ -70,6 +70,29 @@ func TestInjectManifestsGolden(t *testing.T) {
 	}
 }
 
+func TestInjectManifestsMisplacedAnnotations(t *testing.T) {
+	in := `apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  annotations: {sidekey.io/inject: "true", sidekey.io/secret.db: "vault:database/creds/web"}
+spec:
+  template:
+    spec:
+      containers: [{name: app, image: x}]
+`
+	cfg := testConfig()
+	var out bytes.Buffer
+	res, err := InjectManifests(strings.NewReader(in), &out, &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "sidekey.io/inject, sidekey.io/secret.db on the Deployment's own metadata are ignored; move them to spec.template.metadata.annotations"
+	if len(res) != 1 || res[0].Injected || len(res[0].Warnings) != 1 || res[0].Warnings[0] != want {
+		t.Errorf("results %+v; want one uninjected object warning %q", res, want)
+	}
+}
+
 func TestInjectManifestsErrors(t *testing.T) {
 	tests := []struct {
 		name, in string
