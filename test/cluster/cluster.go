@@ -73,12 +73,15 @@ type Cluster struct {
 	// VaultAddr is Vault as pods reach it (a proxy on the bridge's gateway address).
 	VaultAddr string
 
-	repo   string
-	procs  []*process
-	lock   *os.File
-	proxy  *proxy
-	cancel context.CancelFunc
-	logf   func(format string, args ...any)
+	repo  string
+	pki   *pki
+	procs []*process
+	lock  *os.File
+	proxy *proxy
+	// apiProxy is the API server as pods reach it.
+	apiProxy *proxy
+	cancel   context.CancelFunc
+	logf     func(format string, args ...any)
 }
 
 // Option changes what Start starts.
@@ -168,10 +171,11 @@ func (c *Cluster) start(ctx context.Context, bins map[string]string) error {
 		return fmt.Errorf("pki: %w", err)
 	}
 	c.CAFile = p.CAFile
+	c.pki = p
 	loop := []net.IP{net.ParseIP("127.0.0.1")}
 	apiCert, apiKey, err := p.issue("apiserver", "kube-apiserver", nil,
 		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
-		append(loop, net.ParseIP("10.0.0.1")))
+		append(loop, net.ParseIP("10.0.0.1"), net.ParseIP(GatewayIP)))
 	if err != nil {
 		return err
 	}
@@ -258,9 +262,15 @@ func (c *Cluster) start(ctx context.Context, bins map[string]string) error {
 	c.cancel = cancel
 	go c.publishRootCA(svcCtx)
 
-	// The bridge exists before the first pod so that the Vault proxy can listen on its address.
+	// The bridge exists before the first pod so that proxies can listen on its address. Pods
+	// reach the API server through one (there is no kube-proxy): RunWorkloads points
+	// in-cluster clients at it.
 	if err := c.createBridge(); err != nil {
 		return err
+	}
+	c.apiProxy, err = startProxy(net.JoinHostPort(GatewayIP, "0"), strings.TrimPrefix(c.APIServer, "https://"))
+	if err != nil {
+		return fmt.Errorf("api server proxy: %w", err)
 	}
 
 	// containerd
@@ -540,8 +550,10 @@ func (c *Cluster) Close() {
 	if c.cancel != nil {
 		c.cancel()
 	}
-	if c.proxy != nil {
-		c.proxy.Close()
+	for _, p := range []*proxy{c.proxy, c.apiProxy} {
+		if p != nil {
+			p.Close()
+		}
 	}
 	if err := c.clean(); err != nil {
 		c.logf("cluster: clean up: %v", err)
@@ -649,4 +661,26 @@ func writeKubeconfig(path, server, ca, cert, key string) error {
 		return err
 	}
 	return os.Chmod(path, 0o600)
+}
+
+// IssueServingCert issues a certificate for a server at the given IP addresses, signed by the
+// cluster CA, and returns it with its key (PEM) and the CA (PEM), e.g. for a webhook the API
+// server calls by URL.
+func (c *Cluster) IssueServingCert(name string, ips ...string) (cert, key, ca []byte, err error) {
+	var addrs []net.IP
+	for _, ip := range ips {
+		addrs = append(addrs, net.ParseIP(ip))
+	}
+	certFile, keyFile, err := c.pki.issue(name, name, nil, []string{"localhost"}, addrs)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if cert, err = os.ReadFile(certFile); err != nil {
+		return nil, nil, nil, err
+	}
+	if key, err = os.ReadFile(keyFile); err != nil {
+		return nil, nil, nil, err
+	}
+	ca, err = os.ReadFile(c.CAFile)
+	return cert, key, ca, err
 }

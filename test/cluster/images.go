@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,7 +34,13 @@ const busyboxPath = "/bin/busybox"
 // BusyboxImage returns an image holding the host's static busybox at /bin/busybox with a
 // symlink per applet in /bin, a world-writable /tmp, and the given entrypoint and command.
 func BusyboxImage(entrypoint, cmd []string) (v1.Image, error) {
-	layer, err := busyboxLayer()
+	return BusyboxImageAt("/bin/busybox", entrypoint, cmd)
+}
+
+// BusyboxImageAt is BusyboxImage with busybox at another absolute path (the /bin symlinks
+// point there; /bin/busybox itself then does not exist).
+func BusyboxImageAt(path string, entrypoint, cmd []string) (v1.Image, error) {
+	layer, err := busyboxLayer(strings.TrimPrefix(path, "/"))
 	if err != nil {
 		return nil, err
 	}
@@ -52,7 +59,7 @@ func BusyboxImage(entrypoint, cmd []string) (v1.Image, error) {
 	return mutate.ConfigFile(img, cf)
 }
 
-func busyboxLayer() (v1.Layer, error) {
+func busyboxLayer(at string) (v1.Layer, error) {
 	bb, err := os.ReadFile(busyboxPath)
 	if err != nil {
 		return nil, fmt.Errorf("read %s (install busybox-static: make deps): %w", busyboxPath, err)
@@ -67,15 +74,20 @@ func busyboxLayer() (v1.Layer, error) {
 	dir := func(name string, mode int64) error {
 		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode, ModTime: mod})
 	}
-	for _, d := range []struct {
-		name string
-		mode int64
-	}{{"bin/", 0o755}, {"etc/", 0o755}, {"tmp/", 0o1777}, {"proc/", 0o555}, {"sys/", 0o555}, {"dev/", 0o755}, {"run/", 0o755}} {
-		if err := dir(d.name, d.mode); err != nil {
+	dirs := []string{"bin/", "etc/", "proc/", "sys/", "dev/", "run/"}
+	for d := filepath.Dir(at); d != "." && d != "bin"; d = filepath.Dir(d) {
+		dirs = append(dirs, d+"/")
+	}
+	slices.Sort(dirs)
+	for _, d := range dirs {
+		if err := dir(d, 0o755); err != nil {
 			return nil, err
 		}
 	}
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(bb)), ModTime: mod}); err != nil {
+	if err := dir("tmp/", 0o1777); err != nil {
+		return nil, err
+	}
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: at, Mode: 0o755, Size: int64(len(bb)), ModTime: mod}); err != nil {
 		return nil, err
 	}
 	if _, err := tw.Write(bb); err != nil {
@@ -85,7 +97,7 @@ func busyboxLayer() (v1.Layer, error) {
 		if applet == "busybox" || strings.Contains(applet, "/") {
 			continue
 		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + applet, Linkname: "busybox", Mode: 0o777, ModTime: mod}); err != nil {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + applet, Linkname: "/" + at, Mode: 0o777, ModTime: mod}); err != nil {
 			return nil, err
 		}
 	}
