@@ -2,7 +2,6 @@ package bpf
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -63,10 +62,10 @@ func DecodeEvent(b []byte) (Event, error) {
 	if len(b) < EventSize {
 		return Event{}, fmt.Errorf("%w: %d bytes, want %d", ErrShortEvent, len(b), EventSize)
 	}
+	// The record is the C struct in host layout (the object is built for little-endian
+	// hosts only); copying its bytes is binary.Decode without the reflection.
 	var raw probeEvent
-	if _, err := binary.Decode(b[:EventSize], binary.LittleEndian, &raw); err != nil {
-		return Event{}, fmt.Errorf("%w: %w", ErrMalformed, err)
-	}
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&raw)), EventSize), b)
 	ev := Event{
 		BootNs:     raw.BootNs,
 		PID:        raw.Pid,

@@ -73,6 +73,7 @@ type Probe struct {
 	objs   probeObjects
 	links  []link.Link
 	reader *ringbuf.Reader
+	rec    ringbuf.Record // reused by Read
 	mode   Mode
 	log    *slog.Logger
 	// bootToWall converts bpf_ktime_get_boot_ns to wall time.
@@ -332,9 +333,11 @@ func (p *Probe) Counters() (Counters, error) {
 // ErrClosed is returned by Read after Close.
 var ErrClosed = errors.New("probe closed")
 
-// Read blocks for the next event. It returns ErrClosed once the probe is closed.
+// Read blocks for the next event. It returns ErrClosed once the probe is closed. It is
+// not safe for concurrent use.
 func (p *Probe) Read() (Event, error) {
-	rec, err := p.reader.Read()
+	err := p.reader.ReadInto(&p.rec)
+	rec := p.rec
 	if err != nil {
 		if errors.Is(err, os.ErrClosed) {
 			return Event{}, ErrClosed

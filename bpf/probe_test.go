@@ -13,8 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sidekey/sidekey/bpf"
-	"github.com/sidekey/sidekey/bpf/probetest"
 	"github.com/sidekey/sidekey/bpf/policy"
+	"github.com/sidekey/sidekey/bpf/probetest"
 )
 
 // harness is a loaded probe whose events are collected in the background.

@@ -22,9 +22,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sidekey/sidekey/bpf"
-	"github.com/sidekey/sidekey/bpf/probetest"
 	"github.com/sidekey/sidekey/bpf/kube"
 	"github.com/sidekey/sidekey/bpf/policy"
+	"github.com/sidekey/sidekey/bpf/probetest"
 	"github.com/sidekey/sidekey/bpf/report"
 	"github.com/sidekey/sidekey/injector/spec"
 	"github.com/sidekey/sidekey/internal/testenv"
