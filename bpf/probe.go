@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -48,6 +49,9 @@ func ParseMode(s string) (Mode, error) {
 var openTracepoints = []string{
 	"sys_exit_openat", "sys_exit_openat2", "sys_exit_open", "sys_exit_creat", "sys_exit_open_by_handle_at",
 }
+
+// OpenTracepoints lists the syscalls/* tracepoints the tracepoint mode attaches to.
+func OpenTracepoints() []string { return slices.Clone(openTracepoints) }
 
 // Options configure Load.
 type Options struct {

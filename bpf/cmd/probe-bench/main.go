@@ -7,7 +7,8 @@
 //	watched-open  open+close of a watched file by an allowed reader (this program)
 //	pread-4k      a 4 KiB pread on an open fd of the watched file
 //
-// and prints each op's median ns/op for A and B and the ratio B/A. Then it opens a
+// and prints each op's median ns/op (thread CPU time, so preemption by other processes
+// stays out) for A and B and the ratio B/A. Then it opens a
 // watched file it is not allowed to read at a paced rate (default 100k/s) with rate
 // limiting off, consumes the events, and checks that every flagged open is accounted
 // for: delivered, dropped (ring buffer full, counted per CPU) or rate-limited.
@@ -25,6 +26,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/sidekey/sidekey/bpf"
@@ -149,39 +153,56 @@ func run(rounds, iters, rate int, floodFor time.Duration, attach string) error {
 			return nil
 		}},
 	}
-	samples := map[string][2][]float64{}
+	samples := map[string][3][]float64{}
 	for _, o := range ops { // warm up
 		if err := o.fn(iters / 10); err != nil {
 			return err
 		}
 	}
-	// Each round times every op detached and attached back to back, in ABBA order
-	// across rounds, so drift in the machine's load hits both sides alike.
+	// The floor: an empty program on the same tracepoints, i.e. what the kernel's
+	// syscall tracepoint machinery costs before the probe runs one instruction.
+	floor, err := newFloor(p.Mode())
+	if err != nil {
+		return err
+	}
+	defer floor.Close()
+
+	// Each round times every op detached (A), with the empty program (F) and with the
+	// probe (B), back to back in a rotating order, so drift in the machine's load hits
+	// all alike.
 	for r := range rounds {
 		for _, o := range ops {
-			for i := range 2 {
-				phase := i
-				if r%2 == 1 {
-					phase = 1 - i
+			for i := range 3 {
+				phase := (i + r) % 3
+				if err := p.Detach(); err != nil {
+					return err
 				}
-				if phase == 0 {
-					err = p.Detach()
-				} else {
+				floor.detach()
+				switch phase {
+				case 1:
 					err = p.Attach()
+				case 2:
+					err = floor.attach()
 				}
 				if err != nil {
 					return err
 				}
-				start := time.Now()
+				// Let (de)attaching settle: tracepoint enable/disable patches code and
+				// flags every task; time only the steady state.
+				if err := o.fn(iters / 10); err != nil {
+					return err
+				}
+				start := threadCPU()
 				if err := o.fn(iters); err != nil {
 					return err
 				}
 				s := samples[o.name]
-				s[phase] = append(s[phase], float64(time.Since(start).Nanoseconds())/float64(iters))
+				s[phase] = append(s[phase], float64(threadCPU()-start)/float64(iters))
 				samples[o.name] = s
 			}
 		}
 	}
+	floor.detach()
 	if err := p.Attach(); err != nil {
 		return err
 	}
@@ -190,11 +211,12 @@ func run(rounds, iters, rate int, floodFor time.Duration, attach string) error {
 		return err
 	}
 	fmt.Printf("probe-bench: attach=%s rounds=%d iters=%d cpus=%d kernel=%s\n", p.Mode(), rounds, iters, runtime.NumCPU(), kernel())
-	fmt.Printf("%-14s %12s %12s %8s\n", "op", "A ns/op", "B ns/op", "B/A")
+	fmt.Printf("%-14s %10s %10s %10s %7s %7s\n", "op", "A ns/op", "F ns/op", "B ns/op", "F/A", "B/A")
 	for _, o := range ops {
-		a, b := median(samples[o.name][0]), median(samples[o.name][1])
-		fmt.Printf("%-14s %12.1f %12.1f %8.3f\n", o.name, a, b, b/a)
+		a, b, f := median(samples[o.name][0]), median(samples[o.name][1]), median(samples[o.name][2])
+		fmt.Printf("%-14s %10.1f %10.1f %10.1f %7.3f %7.3f\n", o.name, a, f, b, f/a, b/a)
 	}
+	fmt.Println("A: detached; F: an empty program on the same hooks (the kernel's floor); B: the probe")
 	if c.Flagged != 0 || c.Allowed == 0 {
 		return fmt.Errorf("benchmark opens were flagged (%+v): the allowed reader did not match", c)
 	}
@@ -265,6 +287,61 @@ func run(rounds, iters, rate int, floodFor time.Duration, attach string) error {
 	}
 	return nil
 }
+
+// threadCPU is the CPU time of the calling thread (user + system), in ns. Timing with it
+// rather than the wall clock keeps time spent preempted by other processes out of the
+// numbers; the main goroutine is locked to its thread.
+func threadCPU() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
+		panic(err)
+	}
+	return ts.Nano()
+}
+
+// floorProg is an empty program attached where the probe attaches.
+type floorProg struct {
+	mode  bpf.Mode
+	prog  *ebpf.Program
+	links []link.Link
+}
+
+func newFloor(mode bpf.Mode) (*floorProg, error) {
+	if mode != bpf.ModeTracepoint {
+		return nil, fmt.Errorf("the floor measurement supports the tracepoint mode only, not %s", mode)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.TracePoint, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load empty program: %w", err)
+	}
+	return &floorProg{mode: mode, prog: prog}, nil
+}
+
+func (f *floorProg) attach() error {
+	for _, tp := range bpf.OpenTracepoints() {
+		l, err := link.Tracepoint("syscalls", tp, f.prog, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		f.links = append(f.links, l)
+	}
+	return nil
+}
+
+func (f *floorProg) detach() {
+	for _, l := range f.links {
+		l.Close()
+	}
+	f.links = nil
+}
+
+func (f *floorProg) Close() { f.detach(); f.prog.Close() }
 
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)
