@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -53,7 +52,7 @@ func TestNodeRunsPod(t *testing.T) {
 	if err != nil || string(b) != "from-init\n" {
 		t.Errorf("host copy of the value = %q, %v; want %q", b, err, "from-init\n")
 	}
-	if fs := mountType(t, host); fs != "tmpfs" {
+	if fs := MountType(host); fs != "tmpfs" {
 		t.Errorf("filesystem of %s on the host = %q; want tmpfs", host, fs)
 	}
 	done, err := c.WaitPod(ctx, ns, created.Name, Phase(corev1.PodSucceeded))
@@ -67,19 +66,4 @@ func TestNodeRunsPod(t *testing.T) {
 	if want := "from-init\ntmpfs\n"; log != want {
 		t.Errorf("app log = %q; want %q", log, want)
 	}
-}
-
-func mountType(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/mounts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 2 && f[1] == path {
-			return f[2]
-		}
-	}
-	return ""
 }

@@ -158,3 +158,18 @@ func (c *Cluster) ImportImages(archive string) error {
 	}
 	return nil
 }
+
+// WriteImage writes img as ref into a docker-archive in dir and returns its path.
+func WriteImage(dir, ref string, img v1.Image) (string, error) {
+	p := filepath.Join(dir, strings.NewReplacer("/", "_", ":", "_").Replace(ref)+".tar")
+	return p, WriteArchive(p, map[string]v1.Image{ref: img})
+}
+
+// ImportImage writes img as ref and imports it into the node's containerd.
+func (c *Cluster) ImportImage(ref string, img v1.Image) error {
+	p, err := WriteImage(filepath.Join(c.Dir, "images"), ref, img)
+	if err != nil {
+		return err
+	}
+	return c.ImportImages(p)
+}

@@ -217,3 +217,18 @@ func (c *Cluster) WaitLog(ctx context.Context, p *corev1.Pod, container, want st
 func (c *Cluster) VolumePath(p *corev1.Pod, volume string) string {
 	return filepath.Join(c.KubeletRoot, "pods", string(p.UID), "volumes", "kubernetes.io~empty-dir", volume)
 }
+
+// MountType returns the filesystem type of the mount at path on the host ("" if none).
+func MountType(path string) string {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return ""
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 2 && f[1] == path {
+			return f[2]
+		}
+	}
+	return ""
+}

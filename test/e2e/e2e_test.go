@@ -183,7 +183,7 @@ func (e *env) testInjection(t *testing.T) {
 		t.Errorf("app log = %q; want it to start with %q", log, want)
 	}
 	host := e.c.VolumePath(running, spec.VolumeName)
-	if fs := fsType(t, host); fs != "tmpfs" {
+	if fs := cluster.MountType(host); fs != "tmpfs" {
 		t.Errorf("secret volume %s is %q on the host; want tmpfs", host, fs)
 	}
 	checkNotLeaked(t, e.c, running, value)
@@ -383,24 +383,9 @@ func inode(t *testing.T, path string) uint64 {
 	return st.Ino
 }
 
-func fsType(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/mounts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 2 && f[1] == path {
-			return f[2]
-		}
-	}
-	return ""
-}
-
 func importImage(t *testing.T, c *cluster.Cluster, ref string, img v1.Image) {
 	t.Helper()
-	if err := c.ImportImages(writeArchive(t, filepath.Join(c.Dir, "images"), ref, img)); err != nil {
+	if err := c.ImportImage(ref, img); err != nil {
 		t.Fatal(err)
 	}
 }

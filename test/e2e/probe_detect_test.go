@@ -167,15 +167,17 @@ func (e *env) testDetectorGate(t *testing.T, imgs deploy.Images) {
 		switch {
 		case f.Status == "deleted" && strings.TrimPrefix(f.Path, "/") == strings.TrimPrefix(leak.File, "/"):
 			fileAt = append(fileAt, layer)
-		case f.Status == "metadata" && strings.Contains(f.CreatedBy, "GITHUB_TOKEN"):
+		case f.Status == "metadata" && f.Source == "config" && f.Rule == "github-pat":
 			argAt = append(argAt, layer)
 		}
 	}
 	if !containsInt(fileAt, leak.FileLayer) {
 		t.Errorf("findings for the deleted %s in layers %v; want layer %d; report: %+v", leak.File, fileAt, leak.FileLayer, r.Findings)
 	}
-	if !containsInt(argAt, leak.ArgLayer) {
-		t.Errorf("findings for the build-argument token in layers %v; want layer %d; report: %+v", argAt, leak.ArgLayer, r.Findings)
+	// The build argument is in the config's history; the detector names the layer of the
+	// history entry when it reports one (-1: it does not).
+	if len(argAt) == 0 || (!containsInt(argAt, leak.ArgLayer) && !containsInt(argAt, -1)) {
+		t.Errorf("findings for the build-argument token in layers %v; want one in the config history (layer %d); report: %+v", argAt, leak.ArgLayer, r.Findings)
 	}
 	if imported(t, e.c, leakyRef) {
 		t.Errorf("the rejected image %s is in containerd", leakyRef)
@@ -206,8 +208,8 @@ func (e *env) testDetectorGate(t *testing.T, imgs deploy.Images) {
 
 func writeArchive(t *testing.T, dir, ref string, img v1.Image) string {
 	t.Helper()
-	p := filepath.Join(dir, strings.NewReplacer("/", "_", ":", "_").Replace(ref)+".tar")
-	if err := cluster.WriteArchive(p, map[string]v1.Image{ref: img}); err != nil {
+	p, err := cluster.WriteImage(dir, ref, img)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return p
