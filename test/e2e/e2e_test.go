@@ -71,13 +71,18 @@ while :; do sleep 1 & wait $!; done`
 
 // app sets up an app: a service account, a Vault role that may read secret/data/<ns>/*, and
 // the secret; it returns the pod (not yet created) annotated to get it at secretFile.
-func (e *env) app(t *testing.T, ns, value string, ann map[string]string, script string) *corev1.Pod {
+func (e *env) app(t testing.TB, ns, value string, ann map[string]string, script string) *corev1.Pod {
 	t.Helper()
-	ctx := context.Background()
-	if err := e.c.CreateServiceAccount(ctx, ns, "app"); err != nil {
+	if err := e.c.CreateServiceAccount(context.Background(), ns, "app"); err != nil {
 		t.Fatal(err)
 	}
 	e.vaultApp(t, ns, value)
+	return appPod(ns, ann, script)
+}
+
+// appPod is a pod of the test app (uid 1000, fsGroup 2000) running script, annotated to get
+// secret/data/<ns>/db#password from Vault at secretFile, with the extra annotations ann.
+func appPod(ns string, ann map[string]string, script string) *corev1.Pod {
 	a := map[string]string{
 		spec.AnnotationInject:           "true",
 		"sidekey.io/vault-role":         ns,
@@ -104,7 +109,7 @@ func (e *env) app(t *testing.T, ns, value string, ann map[string]string, script 
 }
 
 // vaultApp writes the role and the secret of namespace ns (again after a Vault restart).
-func (e *env) vaultApp(t *testing.T, ns, value string) {
+func (e *env) vaultApp(t testing.TB, ns, value string) {
 	t.Helper()
 	ctx := context.Background()
 	if err := e.c.VaultRole(ctx, ns, ns, "app", "secret/data/"+ns+"/*"); err != nil {
@@ -113,7 +118,7 @@ func (e *env) vaultApp(t *testing.T, ns, value string) {
 	e.putSecret(t, ns, value)
 }
 
-func (e *env) putSecret(t *testing.T, ns, value string) {
+func (e *env) putSecret(t testing.TB, ns, value string) {
 	t.Helper()
 	vc, err := e.c.VaultClient()
 	if err != nil {
