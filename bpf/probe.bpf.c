@@ -374,11 +374,9 @@ static __always_inline int decide(struct file *file, __u8 mode)
 	return verdict;
 }
 
-/* Attached to syscalls/sys_exit_{openat,openat2,open,creat,open_by_handle_at}. */
-SEC("tracepoint/syscalls/sys_exit_openat")
-int tp_sys_exit_open(struct trace_event_raw_sys_exit *ctx)
+/* check_fd applies the policy to the file a new fd of the current task names. */
+static __always_inline int check_fd(long fd)
 {
-	long fd = ctx->ret;
 	if (fd < 0 || fd >= MAX_FDS)
 		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -392,7 +390,33 @@ int tp_sys_exit_open(struct trace_event_raw_sys_exit *ctx)
 	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) < 0 || !file)
 		return 0;
 	file = bpf_rdonly_cast(file, bpf_core_type_id_kernel(struct file));
-	if (decide(file, MODE_TRACEPOINT) == VERDICT_DENY)
+	return decide(file, MODE_TRACEPOINT);
+}
+
+/* Attached to syscalls/sys_exit_{openat,openat2,open,creat,open_by_handle_at}. */
+SEC("tracepoint/syscalls/sys_exit_openat")
+int tp_sys_exit_open(struct trace_event_raw_sys_exit *ctx)
+{
+	if (check_fd(ctx->ret) == VERDICT_DENY)
+		bpf_send_signal(SIGKILL);
+	return 0;
+}
+
+#define IORING_OP_OPENAT_ 18  /* UAPI values */
+#define IORING_OP_OPENAT2_ 28
+
+/* io_uring opens are not syscalls: catch their completion. The CQE is posted from the
+ * submitting task or one of its io-wq/sqpoll threads, which share its fd table. */
+SEC("tp_btf/io_uring_complete")
+int BPF_PROG(tp_io_uring_complete, struct io_ring_ctx *ring, void *req, struct io_uring_cqe *cqe)
+{
+	if (!req || !cqe)
+		return 0;
+	struct io_kiocb *r = bpf_rdonly_cast(req, bpf_core_type_id_kernel(struct io_kiocb));
+	__u8 op = r->opcode;
+	if (op != IORING_OP_OPENAT_ && op != IORING_OP_OPENAT2_)
+		return 0;
+	if (check_fd(cqe->res) == VERDICT_DENY)
 		bpf_send_signal(SIGKILL);
 	return 0;
 }

@@ -197,8 +197,41 @@ func (p *Probe) load(opts Options, mode Mode) error {
 		if len(p.links) == 0 {
 			return errors.New("attach tracepoints: no syscalls/sys_exit_open* tracepoint exists")
 		}
+		p.loadIOUring(spec, o.probeMaps)
 	}
 	p.mode = mode
+	return nil
+}
+
+// loadIOUring adds the io_uring open completion program, sharing the maps. It is
+// optional: kernels without io_uring (or its tracepoint) just lack that coverage.
+func (p *Probe) loadIOUring(spec *ebpf.CollectionSpec, maps probeMaps) {
+	var o struct {
+		Prog *ebpf.Program `ebpf:"tp_io_uring_complete"`
+	}
+	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		probeMapAllowed: maps.Allowed, probeMapCounters: maps.Counters, probeMapEvents: maps.Events,
+		probeMapRatelimit: maps.Ratelimit, probeMapScratch: maps.Scratch, probeMapWatched: maps.Watched,
+	}}
+	if err := spec.LoadAndAssign(&o, opts); err != nil {
+		p.log.Warn("io_uring opens not covered: cannot load tp_btf/io_uring_complete", "err", err)
+		return
+	}
+	p.objs.TpIoUringComplete = o.Prog
+	if err := p.attachIOUring(); err != nil {
+		p.log.Warn("io_uring opens not covered", "err", err)
+	}
+}
+
+func (p *Probe) attachIOUring() error {
+	if p.objs.TpIoUringComplete == nil {
+		return nil
+	}
+	l, err := link.AttachTracing(link.TracingOptions{Program: p.objs.TpIoUringComplete, AttachType: ebpf.AttachTraceRawTp})
+	if err != nil {
+		return fmt.Errorf("attach tp_btf/io_uring_complete: %w", err)
+	}
+	p.links = append(p.links, l)
 	return nil
 }
 
@@ -416,6 +449,7 @@ func (p *Probe) Attach() error {
 			}
 			p.links = append(p.links, l)
 		}
+		return p.attachIOUring()
 	}
 	return nil
 }
@@ -423,8 +457,8 @@ func (p *Probe) Attach() error {
 func (p *Probe) closeObjects() error {
 	var errs []error
 	for _, c := range []interface{ Close() error }{
-		p.objs.LsmFileOpen, p.objs.TpSysExitOpen,
-		p.objs.Allowed, p.objs.Counters, p.objs.Events, p.objs.Ratelimit, p.objs.Watched,
+		p.objs.LsmFileOpen, p.objs.TpSysExitOpen, p.objs.TpIoUringComplete,
+		p.objs.Allowed, p.objs.Counters, p.objs.Events, p.objs.Ratelimit, p.objs.Scratch, p.objs.Watched,
 	} {
 		if c != nil && !isNil(c) {
 			errs = append(errs, c.Close())

@@ -74,18 +74,19 @@ type probeWatch struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	probeMapAllowed        = "allowed"
-	probeMapCounters       = "counters"
-	probeMapEvents         = "events"
-	probeMapRatelimit      = "ratelimit"
-	probeMapScratch        = "scratch"
-	probeMapWatched        = "watched"
-	probeProgLsmFileOpen   = "lsm_file_open"
-	probeProgTpSysExitOpen = "tp_sys_exit_open"
-	probeVarRateIntervalNs = "rate_interval_ns"
-	probeVarUnusedAllowKey = "unused_allow_key"
-	probeVarUnusedEvent    = "unused_event"
-	probeVarUnusedWatch    = "unused_watch"
+	probeMapAllowed            = "allowed"
+	probeMapCounters           = "counters"
+	probeMapEvents             = "events"
+	probeMapRatelimit          = "ratelimit"
+	probeMapScratch            = "scratch"
+	probeMapWatched            = "watched"
+	probeProgLsmFileOpen       = "lsm_file_open"
+	probeProgTpIoUringComplete = "tp_io_uring_complete"
+	probeProgTpSysExitOpen     = "tp_sys_exit_open"
+	probeVarRateIntervalNs     = "rate_interval_ns"
+	probeVarUnusedAllowKey     = "unused_allow_key"
+	probeVarUnusedEvent        = "unused_event"
+	probeVarUnusedWatch        = "unused_watch"
 )
 
 // loadProbe returns the embedded CollectionSpec for probe.
@@ -130,8 +131,9 @@ type probeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type probeProgramSpecs struct {
-	LsmFileOpen   *ebpf.ProgramSpec `ebpf:"lsm_file_open"`
-	TpSysExitOpen *ebpf.ProgramSpec `ebpf:"tp_sys_exit_open"`
+	LsmFileOpen       *ebpf.ProgramSpec `ebpf:"lsm_file_open"`
+	TpIoUringComplete *ebpf.ProgramSpec `ebpf:"tp_io_uring_complete"`
+	TpSysExitOpen     *ebpf.ProgramSpec `ebpf:"tp_sys_exit_open"`
 }
 
 // probeMapSpecs contains maps before they are loaded into the kernel.
@@ -209,13 +211,15 @@ type probeVariables struct {
 //
 // It can be passed to loadProbeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probePrograms struct {
-	LsmFileOpen   *ebpf.Program `ebpf:"lsm_file_open"`
-	TpSysExitOpen *ebpf.Program `ebpf:"tp_sys_exit_open"`
+	LsmFileOpen       *ebpf.Program `ebpf:"lsm_file_open"`
+	TpIoUringComplete *ebpf.Program `ebpf:"tp_io_uring_complete"`
+	TpSysExitOpen     *ebpf.Program `ebpf:"tp_sys_exit_open"`
 }
 
 func (p *probePrograms) Close() error {
 	return _ProbeClose(
 		p.LsmFileOpen,
+		p.TpIoUringComplete,
 		p.TpSysExitOpen,
 	)
 }

@@ -308,7 +308,8 @@ type floorProg struct {
 
 func newFloor(mode bpf.Mode) (*floorProg, error) {
 	if mode != bpf.ModeTracepoint {
-		return nil, fmt.Errorf("the floor measurement supports the tracepoint mode only, not %s", mode)
+		// The floor is measured for tracepoints only; in lsm mode F repeats A.
+		return &floorProg{mode: mode}, nil
 	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type: ebpf.TracePoint, License: "GPL",
@@ -321,6 +322,9 @@ func newFloor(mode bpf.Mode) (*floorProg, error) {
 }
 
 func (f *floorProg) attach() error {
+	if f.prog == nil {
+		return nil
+	}
 	for _, tp := range bpf.OpenTracepoints() {
 		l, err := link.Tracepoint("syscalls", tp, f.prog, nil)
 		if errors.Is(err, os.ErrNotExist) {
@@ -341,7 +345,12 @@ func (f *floorProg) detach() {
 	f.links = nil
 }
 
-func (f *floorProg) Close() { f.detach(); f.prog.Close() }
+func (f *floorProg) Close() {
+	f.detach()
+	if f.prog != nil {
+		f.prog.Close()
+	}
+}
 
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)
