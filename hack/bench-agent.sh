@@ -70,7 +70,8 @@ spec() { # $1 mode, $2 refresh
 cat >"$WORK/agent.hcl" <<EOF
 vault { address = "$VAULT_ADDR" }
 auto_auth {
-  method "token_file" {
+  method {
+    type   = "token_file"
     config = { token_file_path = "$WORK/token" }
   }
 }
