@@ -94,6 +94,8 @@ func DecodeEvent(b []byte) (Event, error) {
 		ev.Mode = ModeTracepoint
 	case 2:
 		ev.Mode = ModeLSM
+	case 3:
+		ev.Mode = ModeScan
 	default:
 		return Event{}, fmt.Errorf("%w: attach mode %d", ErrMalformed, raw.Mode)
 	}

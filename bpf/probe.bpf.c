@@ -41,6 +41,7 @@ enum verdict {
 enum attach_mode {
 	MODE_TRACEPOINT = 1,
 	MODE_LSM = 2,
+	MODE_SCAN = 3, /* the iter/task_file scan of files already open */
 };
 
 enum counter {
@@ -250,9 +251,25 @@ static long exe_step(__u32 i, void *ctx)
 	return 0;
 }
 
+/* The task an open is attributed to. */
+struct who {
+	struct task_struct *task;
+	__u64 pid_tgid;
+	__u64 uid_gid;
+	__u64 cgroup_id;
+};
+
+static __always_inline void current_who(struct who *w)
+{
+	w->task = (struct task_struct *)bpf_get_current_task();
+	w->pid_tgid = bpf_get_current_pid_tgid();
+	w->uid_gid = bpf_get_current_uid_gid();
+	w->cgroup_id = bpf_get_current_cgroup_id();
+}
+
 /* decide applies the policy to an open of file by the current task. It returns
  * VERDICT_DENY when the open must be stopped, 0 otherwise. */
-static __always_inline int decide(struct file *file, __u8 mode)
+static __always_inline int decide(struct file *file, __u8 mode, struct who *who)
 {
 	/* Fast path, run for every open on the node: direct loads, one lookup. */
 	struct inode *inode = file->f_inode;
@@ -272,11 +289,13 @@ static __always_inline int decide(struct file *file, __u8 mode)
 		return 0;
 	count(COUNTER_WATCHED);
 
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	if (mode != MODE_SCAN)
+		current_who(who);
+	struct task_struct *task = who->task;
 	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
 	struct allow_key ak = {};
 	ak.watch_dev = dev;
-	__u64 cgid = bpf_get_current_cgroup_id();
+	__u64 cgid = who->cgroup_id;
 	if (exe) {
 		struct inode *xi = BPF_CORE_READ(exe, f_inode);
 		ak.exe_dev = BPF_CORE_READ(xi, i_sb, s_dev);
@@ -294,14 +313,14 @@ static __always_inline int decide(struct file *file, __u8 mode)
 
 	count(COUNTER_FLAGGED);
 	int verdict = VERDICT_ALERT;
-	if (w->flags & WATCH_ENFORCE) {
+	if ((w->flags & WATCH_ENFORCE) && mode != MODE_SCAN) {
 		verdict = VERDICT_DENY;
 		count(COUNTER_DENIED);
 	}
 	__u32 watch_id = w->id;
 
 	__u64 now = bpf_ktime_get_boot_ns();
-	__u64 uid_gid = bpf_get_current_uid_gid();
+	__u64 uid_gid = who->uid_gid;
 	__u64 file_ino = BPF_CORE_READ(inode, i_ino);
 	__u64 suppressed = 0;
 	if (rate_interval_ns) {
@@ -332,7 +351,7 @@ static __always_inline int decide(struct file *file, __u8 mode)
 	struct event *e = scratch_event();
 	if (!e)
 		return verdict;
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = who->pid_tgid;
 	e->boot_ns = now;
 	e->cgroup_id = cgid;
 	e->file_ino = file_ino;
@@ -351,7 +370,7 @@ static __always_inline int decide(struct file *file, __u8 mode)
 	e->file_depth = 0;
 	e->exe_depth = 0;
 	e->truncated = 0;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	BPF_CORE_READ_STR_INTO(&e->comm, task, comm);
 	struct walk f = {.d = BPF_CORE_READ(file, f_path.dentry)};
 	bpf_loop(FILE_DEPTH + 1, file_step, &f, 0);
 	e->file_depth = f.n;
@@ -390,7 +409,8 @@ static __always_inline int check_fd(long fd)
 	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) < 0 || !file)
 		return 0;
 	file = bpf_rdonly_cast(file, bpf_core_type_id_kernel(struct file));
-	return decide(file, MODE_TRACEPOINT);
+	struct who who;
+	return decide(file, MODE_TRACEPOINT, &who);
 }
 
 /* Attached to syscalls/sys_exit_{openat,openat2,open,creat,open_by_handle_at}. */
@@ -426,7 +446,30 @@ int BPF_PROG(lsm_file_open, struct file *file, int ret)
 {
 	if (ret != 0)
 		return ret;
-	if (decide(file, MODE_LSM) == VERDICT_DENY)
+	struct who who;
+	if (decide(file, MODE_LSM, &who) == VERDICT_DENY)
 		return -EPERM;
+	return 0;
+}
+
+/* Reports files on watched tmpfs that are already open: opened before the probe or the
+ * watch started, inherited, or passed over a unix socket. Run on demand from user space
+ * (an iterator); alerts only, never kills. */
+SEC("iter/task_file")
+int scan_open_files(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	if (!task || !file)
+		return 0;
+	struct who who = {.task = task};
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+	__u32 pid = BPF_CORE_READ(task, pid);
+	who.pid_tgid = (__u64)tgid << 32 | pid;
+	__u32 uid = BPF_CORE_READ(task, cred, uid.val);
+	__u32 gid = BPF_CORE_READ(task, cred, gid.val);
+	who.uid_gid = (__u64)gid << 32 | uid;
+	who.cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	decide(file, MODE_SCAN, &who);
 	return 0;
 }

@@ -10,6 +10,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -31,6 +32,8 @@ const (
 	ModeAuto       Mode = "auto"
 	ModeLSM        Mode = "lsm"
 	ModeTracepoint Mode = "tracepoint"
+	// ModeScan marks events of ScanOpenFiles: files found already open.
+	ModeScan Mode = "scan"
 )
 
 // ParseMode parses --attach.
@@ -199,25 +202,37 @@ func (p *Probe) load(opts Options, mode Mode) error {
 		}
 		p.loadIOUring(spec, o.probeMaps)
 	}
+	p.objs.ScanOpenFiles = p.loadExtra(spec, p.objs.probeMaps, probeProgScanOpenFiles, "files opened before a watch")
 	p.mode = mode
 	return nil
 }
 
-// loadIOUring adds the io_uring open completion program, sharing the maps. It is
-// optional: kernels without io_uring (or its tracepoint) just lack that coverage.
-func (p *Probe) loadIOUring(spec *ebpf.CollectionSpec, maps probeMaps) {
+// loadExtra loads one more program sharing the maps. Extras are optional: a kernel that
+// refuses one only lacks that coverage, which is logged.
+func (p *Probe) loadExtra(spec *ebpf.CollectionSpec, maps probeMaps, name, what string) *ebpf.Program {
 	var o struct {
-		Prog *ebpf.Program `ebpf:"tp_io_uring_complete"`
+		Prog *ebpf.Program `ebpf:"prog"`
 	}
+	progSpec := spec.Programs[name]
+	if progSpec == nil {
+		return nil
+	}
+	single := spec.Copy()
+	single.Programs = map[string]*ebpf.ProgramSpec{"prog": progSpec}
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		probeMapAllowed: maps.Allowed, probeMapCounters: maps.Counters, probeMapEvents: maps.Events,
 		probeMapRatelimit: maps.Ratelimit, probeMapScratch: maps.Scratch, probeMapWatched: maps.Watched,
 	}}
-	if err := spec.LoadAndAssign(&o, opts); err != nil {
-		p.log.Warn("io_uring opens not covered: cannot load tp_btf/io_uring_complete", "err", err)
-		return
+	if err := single.LoadAndAssign(&o, opts); err != nil {
+		p.log.Warn(what+" not covered: cannot load "+name, "err", err)
+		return nil
 	}
-	p.objs.TpIoUringComplete = o.Prog
+	return o.Prog
+}
+
+// loadIOUring adds the io_uring open completion program (tracepoint mode).
+func (p *Probe) loadIOUring(spec *ebpf.CollectionSpec, maps probeMaps) {
+	p.objs.TpIoUringComplete = p.loadExtra(spec, maps, probeProgTpIoUringComplete, "io_uring opens")
 	if err := p.attachIOUring(); err != nil {
 		p.log.Warn("io_uring opens not covered", "err", err)
 	}
@@ -392,6 +407,33 @@ func (p *Probe) Read() (Event, error) {
 	return ev, nil
 }
 
+// ErrNoScan reports that the kernel refused the iterator ScanOpenFiles needs.
+var ErrNoScan = errors.New("scan of open files unavailable")
+
+// ScanOpenFiles reports, as events in attach mode "scan", every file on a watched tmpfs
+// that a process not allowed to read it already has open: opened before the probe or the
+// watch started, inherited, or received over a unix socket. Such events are alerts only.
+// Call it after adding watches.
+func (p *Probe) ScanOpenFiles() error {
+	if p.objs.ScanOpenFiles == nil {
+		return ErrNoScan
+	}
+	l, err := link.AttachIter(link.IterOptions{Program: p.objs.ScanOpenFiles})
+	if err != nil {
+		return fmt.Errorf("attach iter/task_file: %w", err)
+	}
+	defer l.Close()
+	it, err := l.Open()
+	if err != nil {
+		return fmt.Errorf("open iter/task_file: %w", err)
+	}
+	defer it.Close()
+	if _, err := io.Copy(io.Discard, it); err != nil {
+		return fmt.Errorf("run iter/task_file: %w", err)
+	}
+	return nil
+}
+
 // SetDeadline makes a blocked Read return os.ErrDeadlineExceeded at t; the zero time
 // blocks forever.
 func (p *Probe) SetDeadline(t time.Time) { p.reader.SetDeadline(t) }
@@ -457,7 +499,7 @@ func (p *Probe) Attach() error {
 func (p *Probe) closeObjects() error {
 	var errs []error
 	for _, c := range []interface{ Close() error }{
-		p.objs.LsmFileOpen, p.objs.TpSysExitOpen, p.objs.TpIoUringComplete,
+		p.objs.LsmFileOpen, p.objs.TpSysExitOpen, p.objs.TpIoUringComplete, p.objs.ScanOpenFiles,
 		p.objs.Allowed, p.objs.Counters, p.objs.Events, p.objs.Ratelimit, p.objs.Scratch, p.objs.Watched,
 	} {
 		if c != nil && !isNil(c) {

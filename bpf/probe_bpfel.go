@@ -81,6 +81,7 @@ const (
 	probeMapScratch            = "scratch"
 	probeMapWatched            = "watched"
 	probeProgLsmFileOpen       = "lsm_file_open"
+	probeProgScanOpenFiles     = "scan_open_files"
 	probeProgTpIoUringComplete = "tp_io_uring_complete"
 	probeProgTpSysExitOpen     = "tp_sys_exit_open"
 	probeVarRateIntervalNs     = "rate_interval_ns"
@@ -132,6 +133,7 @@ type probeSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type probeProgramSpecs struct {
 	LsmFileOpen       *ebpf.ProgramSpec `ebpf:"lsm_file_open"`
+	ScanOpenFiles     *ebpf.ProgramSpec `ebpf:"scan_open_files"`
 	TpIoUringComplete *ebpf.ProgramSpec `ebpf:"tp_io_uring_complete"`
 	TpSysExitOpen     *ebpf.ProgramSpec `ebpf:"tp_sys_exit_open"`
 }
@@ -212,6 +214,7 @@ type probeVariables struct {
 // It can be passed to loadProbeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probePrograms struct {
 	LsmFileOpen       *ebpf.Program `ebpf:"lsm_file_open"`
+	ScanOpenFiles     *ebpf.Program `ebpf:"scan_open_files"`
 	TpIoUringComplete *ebpf.Program `ebpf:"tp_io_uring_complete"`
 	TpSysExitOpen     *ebpf.Program `ebpf:"tp_sys_exit_open"`
 }
@@ -219,6 +222,7 @@ type probePrograms struct {
 func (p *probePrograms) Close() error {
 	return _ProbeClose(
 		p.LsmFileOpen,
+		p.ScanOpenFiles,
 		p.TpIoUringComplete,
 		p.TpSysExitOpen,
 	)

@@ -434,3 +434,45 @@ func TestLSMModeFallsBack(t *testing.T) {
 		t.Errorf("auto chose %s although LSM is refused", p.Mode())
 	}
 }
+
+func TestScanFindsFilesAlreadyOpen(t *testing.T) {
+	h := start(t, bpf.Options{})
+	dir := probetest.MountTmpfs(t)
+	file := filepath.Join(dir, "token")
+	probetest.WriteFile(t, file, "s3cr3t")
+	allowed := probetest.CopyExe(t, "/bin/sleep", "app")
+
+	// Opened before the watch: a sleep inherits the fd; an allowed reader holds one too.
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	holders := []*exec.Cmd{exec.Command("/bin/sleep", "60"), exec.Command(allowed, "60")}
+	for _, c := range holders {
+		c.ExtraFiles = []*os.File{f}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+	}
+	f.Close()
+	h.watch(t, dir, true, allowed) // enforce: a scan must still only report
+	if err := h.p.ScanOpenFiles(); err != nil {
+		t.Fatal(err)
+	}
+	sleepPath, _ := filepath.EvalSymlinks("/bin/sleep")
+	audit := probetest.MountTmpfs(t) // for the marker: this process may not open in dir
+	h.watch(t, audit, false)
+	got := h.until(t, audit)
+	if len(got) != 1 {
+		t.Fatalf("scan events = %+v; want one, for the sleep not allowed", got)
+	}
+	ev := got[0]
+	if ev.PID != uint32(holders[0].Process.Pid) || ev.Exe != sleepPath || ev.File != "/token" ||
+		ev.Verdict != bpf.VerdictAlert || ev.Mode != bpf.ModeScan || ev.Comm != "sleep" {
+		t.Errorf("scan event = %+v; want an alert for sleep pid %d holding /token", ev, holders[0].Process.Pid)
+	}
+	if err := holders[0].Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the scan killed the holder: %v", err)
+	}
+}

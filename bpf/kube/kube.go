@@ -47,6 +47,9 @@ type Config struct {
 	ProcRoot string
 	// Resync re-resolves every pod this often (containers restart, processes come and go).
 	Resync time.Duration
+	// Scan, when set, runs after a pod's tmpfs is first watched, to report files that
+	// were opened before (bpf.Probe.ScanOpenFiles).
+	Scan func() error
 }
 
 // Watcher keeps a policy.State in step with the injected pods of one node.
@@ -152,6 +155,11 @@ func (w *Watcher) Sync(pod *corev1.Pod) error {
 	if !had || prev.Dev != watch.Dev || prev.Enforce != watch.Enforce || len(prev.Readers) != len(watch.Readers) {
 		w.log.Info("watching pod", "namespace", pod.Namespace, "pod", pod.Name, "device", bpf.FormatDev(watch.Dev),
 			"enforce", watch.Enforce, "readers", len(watch.Readers))
+	}
+	if (!had || prev.Dev != watch.Dev) && w.cfg.Scan != nil {
+		if err := w.cfg.Scan(); err != nil {
+			w.log.Warn("scan for files opened before the watch", "err", err)
+		}
 	}
 	return nil
 }

@@ -112,7 +112,7 @@ func TestWatcherFollowsPods(t *testing.T) {
 	}
 	state := policy.NewState(p)
 	kubelet := t.TempDir()
-	w := kube.New(client, state, kube.Config{NodeName: node, KubeletRoot: kubelet, AllowEnforce: true, Resync: time.Second}, log)
+	w := kube.New(client, state, kube.Config{NodeName: node, KubeletRoot: kubelet, AllowEnforce: true, Resync: time.Second, Scan: p.ScanOpenFiles}, log)
 	events := kube.NewEvents(client, node, time.Minute)
 	defer events.Shutdown()
 

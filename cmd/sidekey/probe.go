@@ -157,7 +157,9 @@ func runProbe(ctx context.Context, cfg probeConfig, cmd *cobra.Command) error {
 	var events *kube.Events
 	errc := make(chan error, 3)
 	if cfg.Kubernetes {
-		watcher = kube.New(client, state, kube.Config{NodeName: cfg.NodeName, KubeletRoot: cfg.KubeletRoot, AllowEnforce: cfg.AllowEnforce}, log)
+		watcher = kube.New(client, state, kube.Config{
+			NodeName: cfg.NodeName, KubeletRoot: cfg.KubeletRoot, AllowEnforce: cfg.AllowEnforce, Scan: p.ScanOpenFiles,
+		}, log)
 		events = kube.NewEvents(client, cfg.NodeName, cfg.EventInterval)
 		defer events.Shutdown()
 		go func() { errc <- watcher.Run(ctx) }()
@@ -187,6 +189,12 @@ func runProbe(ctx context.Context, cfg probeConfig, cmd *cobra.Command) error {
 		}
 	}
 	go func() { errc <- report.Pump(p, enrich, emit, log) }()
+	if len(watches) > 0 {
+		// Report files opened before the probe started (alerts, never kills).
+		if err := p.ScanOpenFiles(); err != nil {
+			log.Warn("scan for files opened before the probe", "err", err)
+		}
+	}
 
 	log.Info("ready", "attach", p.Mode(), "watches", state.Len(), "enforce_kills", !p.CanDeny())
 	select {
