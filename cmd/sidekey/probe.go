@@ -16,8 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/sidekey/sidekey/bpf"
 	"github.com/sidekey/sidekey/bpf/kube"
@@ -131,9 +129,9 @@ func runProbe(ctx context.Context, cfg probeConfig, cmd *cobra.Command) error {
 	}
 	var client kubernetes.Interface
 	if cfg.Kubernetes {
-		rc, err := kubeConfig(cfg.Kubeconfig)
+		rc, err := restConfig(cfg.Kubeconfig)
 		if err != nil {
-			return err
+			return fmt.Errorf("kubernetes config (--kubeconfig, or in-cluster): %w", err)
 		}
 		if client, err = kubernetes.NewForConfig(rc); err != nil {
 			return fmt.Errorf("kubernetes client: %w", err)
@@ -207,21 +205,6 @@ func runProbe(ctx context.Context, cfg probeConfig, cmd *cobra.Command) error {
 	case err := <-errc:
 		return err
 	}
-}
-
-func kubeConfig(path string) (*rest.Config, error) {
-	if path == "" {
-		rc, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("in-cluster kubernetes config (or pass --kubeconfig): %w", err)
-		}
-		return rc, nil
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
-	}
-	return rc, nil
 }
 
 func serveMetrics(addr string, c prometheus.Collector, log *slog.Logger) (*http.Server, error) {
