@@ -20,7 +20,7 @@ stop() {
   local pidf="$DIR/$1.pid" pid exe
   [ -f "$pidf" ] || return 0
   pid=$(cat "$pidf")
-  exe=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | cut -d' ' -f1)
+  exe=$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | cut -d' ' -f1)
   if [ -n "$exe" ] && [ "$(basename "$exe")" = "$2" ]; then
     kill -TERM "$pid" 2>/dev/null
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
@@ -49,7 +49,7 @@ stop containerd containerd
 # Shims of this containerd (their command line names its socket).
 SOCK="$DIR/containerd/containerd.sock"
 for p in /proc/[0-9]*; do
-  cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+  cmd=$(tr '\0' ' ' 2>/dev/null < "$p/cmdline") || continue
   case $cmd in
     *containerd-shim*"-address $SOCK"*) kill -KILL "${p#/proc/}" 2>/dev/null ;;
   esac
