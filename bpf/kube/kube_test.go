@@ -220,6 +220,9 @@ func TestWatcherFollowsPods(t *testing.T) {
 	}
 	select {
 	case r := <-records:
+		if events.Report(r, string(app.UID)) {
+			t.Error("a second Kubernetes Event for the same reader and file within the interval was posted")
+		}
 		if r.Verdict != "deny" || r.Exe != "/bin/busybox" || r.Pod != "app" || r.Namespace != "default" ||
 			r.Path != filepath.Join(dir, "token") {
 			t.Errorf("record = %+v; want deny of /bin/busybox in pod default/app", r)
