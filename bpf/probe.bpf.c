@@ -267,8 +267,9 @@ static __always_inline void current_who(struct who *w)
 	w->cgroup_id = bpf_get_current_cgroup_id();
 }
 
-/* decide applies the policy to an open of file by the current task. It returns
- * VERDICT_DENY when the open must be stopped, 0 otherwise. */
+/* decide applies the policy to an open of file by the current task (in a scan: by
+ * who->task, filled by the caller) and reports it. It returns VERDICT_DENY when the open
+ * must be stopped (never in a scan), VERDICT_ALERT when it was flagged, 0 otherwise. */
 static __always_inline int decide(struct file *file, __u8 mode, struct who *who)
 {
 	/* Fast path, run for every open on the node: direct loads, one lookup. */
