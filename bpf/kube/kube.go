@@ -112,7 +112,11 @@ func (w *Watcher) onPod(obj any) {
 		return
 	}
 	if err := w.Sync(pod); err != nil {
-		w.log.Warn("pod not watched yet", "namespace", pod.Namespace, "pod", pod.Name, "err", err)
+		lvl := slog.LevelWarn
+		if errors.Is(err, ErrNotReady) || errors.Is(err, ErrNoVolume) {
+			lvl = slog.LevelDebug
+		}
+		w.log.Log(context.Background(), lvl, "pod not watched yet", "namespace", pod.Namespace, "pod", pod.Name, "err", err)
 	}
 }
 
@@ -129,6 +133,8 @@ func (w *Watcher) remove(uid string) {
 var (
 	// ErrNoVolume: the pod's sidekey tmpfs is not (or no longer) mounted on this node.
 	ErrNoVolume = errors.New("sidekey tmpfs not mounted")
+	// ErrNotReady: no container runs yet, or a running one has no process found yet.
+	ErrNotReady = errors.New("containers not resolved yet")
 )
 
 // Sync brings the watch of one pod up to date: injected pods with a mounted sidekey
@@ -139,15 +145,28 @@ func (w *Watcher) Sync(pod *corev1.Pod) error {
 		w.remove(uid)
 		return nil
 	}
-	watch, err := w.PodWatch(pod)
+	watch, unresolved, err := w.PodWatch(pod)
 	if err != nil {
 		w.remove(uid)
 		return err
 	}
+	prev, had := w.state.Get(uid)
+	if len(unresolved) > 0 {
+		if !had {
+			// Not before every running container's readers are known: the agent writing
+			// the secrets while starting must not be flagged.
+			return fmt.Errorf("%w: containers %s", ErrNotReady, strings.Join(unresolved, ", "))
+		}
+		// A container restarting or a process scan race: keep what was known of it.
+		for _, r := range prev.Readers {
+			if slices.Contains(unresolved, r.Container) {
+				watch.Readers = append(watch.Readers, r)
+			}
+		}
+	}
 	w.mu.Lock()
 	w.pods[uid] = pod
 	w.mu.Unlock()
-	prev, had := w.state.Get(uid)
 	watch, err = w.state.Put(uid, watch)
 	if err != nil {
 		return fmt.Errorf("watch pod %s/%s: %w", pod.Namespace, pod.Name, err)
@@ -166,12 +185,13 @@ func (w *Watcher) Sync(pod *corev1.Pod) error {
 
 // PodWatch computes the watch of an injected pod: its tmpfs, mode and allowed readers
 // (the sidekey.io/allowed-readers paths and the agent, resolved in every running
-// container).
-func (w *Watcher) PodWatch(pod *corev1.Pod) (policy.Watch, error) {
+// container). It also names the running containers whose processes were not found (all
+// of them, or "(none running)", when nothing runs yet).
+func (w *Watcher) PodWatch(pod *corev1.Pod) (policy.Watch, []string, error) {
 	dir := VolumeDir(w.cfg.KubeletRoot, string(pod.UID))
 	dev, err := policy.TmpfsDev(dir)
 	if err != nil {
-		return policy.Watch{}, fmt.Errorf("%w: %w", ErrNoVolume, err)
+		return policy.Watch{}, nil, fmt.Errorf("%w: %w", ErrNoVolume, err)
 	}
 	enforce := false
 	switch mode := pod.Annotations[spec.AnnotationProbe]; mode {
@@ -185,7 +205,16 @@ func (w *Watcher) PodWatch(pod *corev1.Pod) (policy.Watch, error) {
 		w.log.Warn("unknown probe mode, auditing", "namespace", pod.Namespace, "pod", pod.Name, "annotation", spec.AnnotationProbe, "value", mode)
 	}
 	paths := ReaderPaths(pod.Annotations[spec.AnnotationAllowedReaders])
-	pids := w.containerPIDs(pod)
+	pids, running := w.containerPIDs(pod)
+	var unresolved []string
+	for _, name := range running {
+		if _, ok := pids[name]; !ok {
+			unresolved = append(unresolved, name)
+		}
+	}
+	if len(running) == 0 {
+		unresolved = []string{"(none running)"}
+	}
 	// Enforce only once every app container runs and its readers are resolved: an
 	// app that reads its secrets while starting must not be killed for our delay.
 	for _, c := range pod.Spec.Containers {
@@ -211,7 +240,7 @@ func (w *Watcher) PodWatch(pod *corev1.Pod) (policy.Watch, error) {
 	return policy.Watch{
 		Dir: dir, Dev: dev, Enforce: enforce, Readers: readers,
 		Namespace: pod.Namespace, Pod: pod.Name, PodUID: string(pod.UID),
-	}, nil
+	}, unresolved, nil
 }
 
 // ReaderPaths parses sidekey.io/allowed-readers (a comma list of absolute executable
@@ -231,9 +260,11 @@ func ReaderPaths(annotation string) []string {
 	return out
 }
 
-// containerPIDs maps each running container of pod to one of its processes.
-func (w *Watcher) containerPIDs(pod *corev1.Pod) map[string]int {
+// containerPIDs maps each running container of pod to one of its processes, and lists
+// the running containers.
+func (w *Watcher) containerPIDs(pod *corev1.Pod) (map[string]int, []string) {
 	byID := map[string]string{}
+	var running []string
 	for _, list := range [][]corev1.ContainerStatus{pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses, pod.Status.EphemeralContainerStatuses} {
 		for _, st := range list {
 			if st.State.Running == nil || st.ContainerID == "" {
@@ -244,16 +275,17 @@ func (w *Watcher) containerPIDs(pod *corev1.Pod) map[string]int {
 				continue
 			}
 			byID[id] = st.Name
+			running = append(running, st.Name)
 		}
 	}
 	out := map[string]int{}
 	if len(byID) == 0 {
-		return out
+		return out, running
 	}
 	ents, err := os.ReadDir(w.cfg.ProcRoot)
 	if err != nil {
 		w.log.Warn("scan processes", "err", err)
-		return out
+		return out, running
 	}
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -275,7 +307,7 @@ func (w *Watcher) containerPIDs(pod *corev1.Pod) map[string]int {
 			break
 		}
 	}
-	return out
+	return out, running
 }
 
 // ContainerOf names the container of pod podUID that process pid runs in, or "" when

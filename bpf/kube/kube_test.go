@@ -160,16 +160,16 @@ func TestWatcherFollowsPods(t *testing.T) {
 	probetest.WriteFile(t, filepath.Join(kube.VolumeDir(kubelet, string(app.UID)), "token"), "s3cr3t")
 	go w.Run(ctx)
 
-	// Before the container runs, the pod is watched in audit mode with no readers.
-	waitFor(t, "pod app watched", func() bool { _, ok := state.Get(string(app.UID)); return ok })
-	got, _ := state.Get(string(app.UID))
+	// Before any container runs, the pod is not watched: the agent writing the secrets
+	// while starting must not be flagged. (Resync is 1s: two rounds.)
+	time.Sleep(2 * time.Second)
+	if w, ok := state.Get(string(app.UID)); ok {
+		t.Fatalf("pod watched before its containers run: %+v", w)
+	}
 	dir := kube.VolumeDir(kubelet, string(app.UID))
 	dev, err := policy.TmpfsDev(dir)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if got.Dev != dev || got.Enforce || len(got.Readers) != 0 || got.Pod != "app" || got.Dir != dir {
-		t.Fatalf("watch before the container runs = %+v; want dev %s, audit, no readers", got, bpf.FormatDev(dev))
 	}
 
 	// The container starts: the kubelet reports its ID; the readers resolve inside it.
@@ -185,7 +185,10 @@ func TestWatcherFollowsPods(t *testing.T) {
 		w, _ := state.Get(string(app.UID))
 		return w.Enforce && len(w.Readers) == 2
 	})
-	got, _ = state.Get(string(app.UID))
+	got, _ := state.Get(string(app.UID))
+	if got.Dev != dev || got.Pod != "app" || got.Namespace != "default" || got.Dir != dir {
+		t.Errorf("watch = %+v; want dev %s of pod default/app at %s", got, bpf.FormatDev(dev), dir)
+	}
 	appID, _ := bpf.StatID(filepath.Join(c.root, "bin/app"))
 	agentID, _ := bpf.StatID(filepath.Join(c.root, "sidekey-agent"))
 	wantReaders := []policy.Reader{
