@@ -185,8 +185,8 @@ func (w *Watcher) Sync(pod *corev1.Pod) error {
 
 // PodWatch computes the watch of an injected pod: its tmpfs, mode and allowed readers
 // (the sidekey.io/allowed-readers paths and the agent, resolved in every running
-// container). It also names the running containers whose processes were not found (all
-// of them, or "(none running)", when nothing runs yet).
+// container). It also names the containers that keep the pod from being watched yet:
+// running ones whose processes were not found, app containers not started.
 func (w *Watcher) PodWatch(pod *corev1.Pod) (policy.Watch, []string, error) {
 	dir := VolumeDir(w.cfg.KubeletRoot, string(pod.UID))
 	dev, err := policy.TmpfsDev(dir)
@@ -212,8 +212,15 @@ func (w *Watcher) PodWatch(pod *corev1.Pod) (policy.Watch, []string, error) {
 			unresolved = append(unresolved, name)
 		}
 	}
-	if len(running) == 0 {
-		unresolved = []string{"(none running)"}
+	// App containers that have not started yet would read before being resolved.
+	started := map[string]bool{}
+	for _, st := range pod.Status.ContainerStatuses {
+		started[st.Name] = st.State.Waiting == nil
+	}
+	for _, c := range pod.Spec.Containers {
+		if !started[c.Name] {
+			unresolved = append(unresolved, c.Name+" (not started)")
+		}
 	}
 	// Enforce only once every app container runs and its readers are resolved: an
 	// app that reads its secrets while starting must not be killed for our delay.

@@ -160,8 +160,8 @@ func TestWatcherFollowsPods(t *testing.T) {
 	probetest.WriteFile(t, filepath.Join(kube.VolumeDir(kubelet, string(app.UID)), "token"), "s3cr3t")
 	go w.Run(ctx)
 
-	// Before any container runs, the pod is not watched: the agent writing the secrets
-	// while starting must not be flagged. (Resync is 1s: two rounds.)
+	// Before its containers run, the pod is not watched: the agent writing the secrets
+	// and the app reading them while starting must not be flagged. (Resync is 1s.)
 	time.Sleep(2 * time.Second)
 	if w, ok := state.Get(string(app.UID)); ok {
 		t.Fatalf("pod watched before its containers run: %+v", w)
