@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/sidekey/sidekey/internal/testenv"
 	"github.com/sidekey/sidekey/test/cluster"
@@ -117,32 +117,38 @@ func Install(t testing.TB, c *cluster.Cluster, o Options) *Sidekey {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set := map[string]string{
-		"fullnameOverride":                    "sidekey",
-		"image.tag":                           Version,
-		"image.pullPolicy":                    "Never",
-		"agent.image.tag":                     Version,
-		"vault.addr":                          c.VaultAddr,
-		"webhook.replicas":                    "1",
-		"webhook.hostNetwork":                 "true",
-		"webhook.url":                         s.WebhookURL,
-		"webhook.port":                        strconv.Itoa(ports[0]),
-		"webhook.healthPort":                  strconv.Itoa(ports[1]),
-		"webhook.metricsPort":                 strconv.Itoa(ports[2]),
-		"webhook.timeoutSeconds":              "10",
-		"webhook.tls.mode":                    "secret",
-		"webhook.tls.secretName":              tlsSecret.Name,
-		"webhook.tls.caBundle":                base64.StdEncoding.EncodeToString(ca),
-		"webhook.podDisruptionBudget.enabled": "false",
-		"probe.enabled":                       strconv.FormatBool(o.Probe),
-		"probe.allowEnforce":                  "true",
-		"probe.kubeletRoot":                   c.KubeletRoot,
-		"probe.metricsPort":                   strconv.Itoa(ports[3]),
+	values := map[string]any{
+		"fullnameOverride": "sidekey",
+		"image":            map[string]any{"tag": Version, "pullPolicy": "Never"},
+		"agent":            map[string]any{"image": map[string]any{"tag": Version}},
+		"vault":            map[string]any{"addr": c.VaultAddr},
+		"webhook": map[string]any{
+			"replicas":            1,
+			"hostNetwork":         true,
+			"url":                 s.WebhookURL,
+			"port":                ports[0],
+			"healthPort":          ports[1],
+			"metricsPort":         ports[2],
+			"timeoutSeconds":      10,
+			"tls":                 map[string]any{"mode": "secret", "secretName": tlsSecret.Name, "caBundle": base64.StdEncoding.EncodeToString(ca)},
+			"podDisruptionBudget": map[string]any{"enabled": false},
+		},
+		"probe": map[string]any{
+			"enabled":      o.Probe,
+			"allowEnforce": true,
+			"kubeletRoot":  c.KubeletRoot,
+			"metricsPort":  ports[3],
+		},
 	}
-	args := []string{"install", s.Release, filepath.Join(repo, "charts", "sidekey"), "--namespace", s.Namespace, "--kubeconfig", c.Kubeconfig}
-	for k, v := range set {
-		args = append(args, "--set-string", k+"="+v)
+	b, err := yaml.Marshal(values)
+	if err != nil {
+		t.Fatal(err)
 	}
+	valuesFile := filepath.Join(c.Dir, "sidekey-values.yaml")
+	if err := os.WriteFile(valuesFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"install", s.Release, filepath.Join(repo, "charts", "sidekey"), "--namespace", s.Namespace, "--values", valuesFile}
 	if err := Helm(t, c, args...); err != nil {
 		t.Fatalf("deploy: %v", err)
 	}
