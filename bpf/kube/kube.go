@@ -59,8 +59,9 @@ type Watcher struct {
 	state  *policy.State
 	log    *slog.Logger
 
-	mu   sync.Mutex
-	pods map[string]*corev1.Pod // by UID, injected pods only
+	mu    sync.Mutex
+	pods  map[string]*corev1.Pod  // by UID, injected pods only
+	roots map[uint32]containerRef // container root filesystem device -> container
 }
 
 // New returns a watcher that applies the pods of cfg.NodeName to state.
@@ -123,6 +124,11 @@ func (w *Watcher) onPod(obj any) {
 func (w *Watcher) remove(uid string) {
 	w.mu.Lock()
 	delete(w.pods, uid)
+	for dev, ref := range w.roots {
+		if ref.podUID == uid {
+			delete(w.roots, dev)
+		}
+	}
 	w.mu.Unlock()
 	if err := w.state.Delete(uid); err != nil {
 		w.log.Error("unwatch pod", "uid", uid, "err", err)
@@ -232,6 +238,7 @@ func (w *Watcher) PodWatch(pod *corev1.Pod) (policy.Watch, []string, error) {
 	var readers []policy.Reader
 	seen := map[bpf.FileID]bool{}
 	for _, c := range sortedKeys(pids) {
+		w.noteRoot(pod, c, pids[c])
 		for _, p := range paths {
 			id, err := bpf.StatID(filepath.Join(w.cfg.ProcRoot, strconv.Itoa(pids[c]), "root", p))
 			if err != nil {
@@ -317,41 +324,61 @@ func (w *Watcher) containerPIDs(pod *corev1.Pod) (map[string]int, []string) {
 	return out, running
 }
 
-// ContainerOf names the container of pod podUID that process pid runs in, or "" when
-// it is unknown (the process is gone, or runs outside the pod).
-func (w *Watcher) ContainerOf(pid uint32, podUID string) string {
-	w.mu.Lock()
-	pod := w.pods[podUID]
-	w.mu.Unlock()
-	b, err := os.ReadFile(filepath.Join(w.cfg.ProcRoot, strconv.Itoa(int(pid)), "cgroup"))
+// noteRoot remembers the device of a container's root filesystem (its overlay mount), so
+// that ContainerOf can name the container of a reader that is already gone (killed in
+// enforce mode) from the device of its executable.
+func (w *Watcher) noteRoot(pod *corev1.Pod, container string, pid int) {
+	root, err := bpf.StatID(filepath.Join(w.cfg.ProcRoot, strconv.Itoa(pid), "root"))
 	if err != nil {
-		return ""
+		return
 	}
-	ids := ContainerIDs(string(b))
-	// The reader may sit in another pod of the node (a shared tmpfs is not expected,
-	// but a hostPath or /proc/<pid>/root walk is): look at every known pod.
+	host, err := bpf.StatID(filepath.Join(w.cfg.ProcRoot, "1", "root"))
+	if err == nil && host.Dev == root.Dev {
+		return // a container sharing the host's root filesystem: the device names nothing
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	pods := []*corev1.Pod{pod}
-	for _, p := range w.pods {
-		if p != pod {
-			pods = append(pods, p)
-		}
+	if w.roots == nil {
+		w.roots = map[uint32]containerRef{}
 	}
-	for _, p := range pods {
-		if p == nil {
-			continue
+	w.roots[root.Dev] = containerRef{podUID: string(pod.UID), name: container}
+}
+
+type containerRef struct{ podUID, name string }
+
+// ContainerOf names the container of pod podUID that process pid, running executable
+// exe, is in: from the process's cgroup while it lives, else from the root filesystem
+// the executable is on. It returns "" when unknown; a container of another pod is named
+// namespace/pod/container.
+func (w *Watcher) ContainerOf(pid uint32, exe bpf.FileID, podUID string) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	name := func(p *corev1.Pod, container string) string {
+		if string(p.UID) == podUID {
+			return container
 		}
-		for _, list := range [][]corev1.ContainerStatus{p.Status.InitContainerStatuses, p.Status.ContainerStatuses, p.Status.EphemeralContainerStatuses} {
-			for _, st := range list {
-				_, id, _ := strings.Cut(st.ContainerID, "://")
-				if id != "" && slices.Contains(ids, id) {
-					if p == pod {
-						return st.Name
+		return p.Namespace + "/" + p.Name + "/" + container
+	}
+	if b, err := os.ReadFile(filepath.Join(w.cfg.ProcRoot, strconv.Itoa(int(pid)), "cgroup")); err == nil {
+		ids := ContainerIDs(string(b))
+		// The reader may sit in another pod of the node (a hostPath, a /proc/<pid>/root
+		// walk): look at every known pod.
+		for _, p := range w.pods {
+			for _, list := range [][]corev1.ContainerStatus{p.Status.InitContainerStatuses, p.Status.ContainerStatuses, p.Status.EphemeralContainerStatuses} {
+				for _, st := range list {
+					_, id, _ := strings.Cut(st.ContainerID, "://")
+					if id != "" && slices.Contains(ids, id) {
+						return name(p, st.Name)
 					}
-					return p.Namespace + "/" + p.Name + "/" + st.Name
 				}
 			}
+		}
+	}
+	// Gone (killed in enforce mode) or not in a container's cgroup: the executable's
+	// root filesystem still names its container.
+	if ref, ok := w.roots[exe.Dev]; ok {
+		if p := w.pods[ref.podUID]; p != nil {
+			return name(p, ref.name)
 		}
 	}
 	return ""

@@ -42,13 +42,22 @@ type container struct {
 
 func startContainer(t *testing.T, podUID string) *container {
 	t.Helper()
+	// Its own root filesystem, like a container's overlay mount: its own device.
 	root := t.TempDir()
+	probetest.MountTmpfsAt(t, root)
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, name := range []string{"bin/app", "bin/busybox", "sidekey-agent"} {
 		dst := filepath.Join(root, name)
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Rename(probetest.CopyExe(t, "/usr/bin/busybox", "busybox"), dst); err != nil {
+		b, err := os.ReadFile("/usr/bin/busybox")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -121,7 +130,7 @@ func TestWatcherFollowsPods(t *testing.T) {
 	go func() {
 		pumped <- report.Pump(p, func(ev bpf.Event) (policy.Watch, string) {
 			wt, _ := state.ByID(ev.WatchID)
-			return wt, w.ContainerOf(ev.PID, wt.PodUID)
+			return wt, w.ContainerOf(ev.PID, ev.ExeID, wt.PodUID)
 		}, func(r report.Record, wt policy.Watch) {
 			events.Report(r, wt.PodUID)
 			records <- r
@@ -226,9 +235,9 @@ func TestWatcherFollowsPods(t *testing.T) {
 		if events.Report(r, string(app.UID)) {
 			t.Error("a second Kubernetes Event for the same reader and file within the interval was posted")
 		}
-		if r.Verdict != "deny" || r.Exe != "/bin/busybox" || r.Pod != "app" || r.Namespace != "default" ||
+		if r.Verdict != "deny" || r.Exe != "/bin/busybox" || r.Pod != "app" || r.Namespace != "default" || r.Container != "app" ||
 			r.Path != filepath.Join(dir, "token") {
-			t.Errorf("record = %+v; want deny of /bin/busybox in pod default/app", r)
+			t.Errorf("record = %+v; want deny of /bin/busybox in container app of pod default/app", r)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no record for the denied read")
@@ -240,6 +249,7 @@ func TestWatcherFollowsPods(t *testing.T) {
 		}
 		for _, e := range evs.Items {
 			if e.InvolvedObject.UID == app.UID && e.Reason == kube.ReasonDenied && strings.Contains(e.Message, "/bin/busybox") &&
+				strings.Contains(e.Message, "container app") &&
 				!strings.Contains(e.Message, "s3cr3t") {
 				return true
 			}

@@ -175,7 +175,7 @@ func runProbe(ctx context.Context, cfg probeConfig, cmd *cobra.Command) error {
 		if watcher == nil || w.PodUID == "" {
 			return w, ""
 		}
-		return w, watcher.ContainerOf(ev.PID, w.PodUID)
+		return w, watcher.ContainerOf(ev.PID, ev.ExeID, w.PodUID)
 	}
 	emit := func(r report.Record, w policy.Watch) {
 		collector.Observe(r)
