@@ -40,8 +40,8 @@ func jitter(d time.Duration, frac float64) time.Duration {
 
 // Once renders every secret, retrying what failed with backoff, until all are written or
 // timeout passes. Its error names every secret still failing and why (never a value).
-func (a *Agent) Once(ctx context.Context, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+func (a *Agent) Once(parent context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(parent, timeout)
 	defer cancel()
 	for {
 		err := a.Sync(ctx)
@@ -52,6 +52,9 @@ func (a *Agent) Once(ctx context.Context, timeout time.Duration) error {
 		a.log.Warn("not every secret is written yet; retrying", "retry_in", wait.Round(time.Millisecond), "err", err)
 		select {
 		case <-ctx.Done():
+			if parent.Err() != nil {
+				return fmt.Errorf("stopped before every secret was written: %w", err)
+			}
 			return fmt.Errorf("gave up after %s: %w", timeout, err)
 		case <-time.After(max(wait, 10*time.Millisecond)):
 		}
