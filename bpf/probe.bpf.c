@@ -251,9 +251,9 @@ static long exe_step(__u32 i, void *ctx)
 	return 0;
 }
 
-/* The task an open is attributed to. */
+/* Who opened: filled only once an open is flagged (the current task's ids come from
+ * helpers; a scan reads them from the task it visits). */
 struct who {
-	struct task_struct *task;
 	__u64 pid_tgid;
 	__u64 uid_gid;
 	__u64 cgroup_id;
@@ -261,16 +261,16 @@ struct who {
 
 static __always_inline void current_who(struct who *w)
 {
-	w->task = (struct task_struct *)bpf_get_current_task();
 	w->pid_tgid = bpf_get_current_pid_tgid();
 	w->uid_gid = bpf_get_current_uid_gid();
 	w->cgroup_id = bpf_get_current_cgroup_id();
 }
 
-/* decide applies the policy to an open of file by the current task (in a scan: by
- * who->task, filled by the caller) and reports it. It returns VERDICT_DENY when the open
- * must be stopped (never in a scan), VERDICT_ALERT when it was flagged, 0 otherwise. */
-static __always_inline int decide(struct file *file, __u8 mode, struct who *who)
+/* decide applies the policy to an open of file by task (the current task, or in a scan
+ * the task visited, whose ids the caller put in who) and reports it. It returns
+ * VERDICT_DENY when the open must be stopped (never in a scan), VERDICT_ALERT when it was
+ * flagged, 0 otherwise. Up to the allowed-reader check it uses direct (BTF) loads only. */
+static __always_inline int decide(struct file *file, struct task_struct *task, __u8 mode, struct who *who)
 {
 	/* Fast path, run for every open on the node: direct loads, one lookup. */
 	struct inode *inode = file->f_inode;
@@ -282,29 +282,33 @@ static __always_inline int decide(struct file *file, __u8 mode, struct who *who)
 		return 0;
 
 	/* Slow path: an open on a watched tmpfs. */
-	umode_t imode = BPF_CORE_READ(inode, i_mode);
+	umode_t imode = inode->i_mode;
 	if ((imode & S_IFMT) != S_IFREG)
 		return 0;
-	__u32 fflags = BPF_CORE_READ(file, f_flags);
+	__u32 fflags = file->f_flags;
 	if (fflags & O_PATH)
 		return 0;
 	count(COUNTER_WATCHED);
 
-	if (mode != MODE_SCAN)
-		current_who(who);
-	struct task_struct *task = who->task;
-	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	struct file *exe = NULL;
+	struct mm_struct *mm = task->mm;
+	if (mm)
+		exe = mm->exe_file;
 	struct allow_key ak = {};
 	ak.watch_dev = dev;
-	__u64 cgid = who->cgroup_id;
 	if (exe) {
-		struct inode *xi = BPF_CORE_READ(exe, f_inode);
-		ak.exe_dev = BPF_CORE_READ(xi, i_sb, s_dev);
-		ak.exe_ino = BPF_CORE_READ(xi, i_ino);
+		struct inode *xi = exe->f_inode;
+		ak.exe_dev = xi->i_sb->s_dev;
+		ak.exe_ino = xi->i_ino;
 		if (bpf_map_lookup_elem(&allowed, &ak)) {
 			count(COUNTER_ALLOWED);
 			return 0;
 		}
+	}
+	if (mode != MODE_SCAN)
+		current_who(who);
+	__u64 cgid = who->cgroup_id;
+	if (exe) {
 		ak.cgroup_id = cgid;
 		if (bpf_map_lookup_elem(&allowed, &ak)) {
 			count(COUNTER_ALLOWED);
@@ -410,8 +414,8 @@ static __always_inline int check_fd(long fd)
 	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) < 0 || !file)
 		return 0;
 	file = bpf_rdonly_cast(file, bpf_core_type_id_kernel(struct file));
-	struct who who;
-	return decide(file, MODE_TRACEPOINT, &who);
+	struct who who = {};
+	return decide(file, task, MODE_TRACEPOINT, &who);
 }
 
 /* Attached to syscalls/sys_exit_{openat,openat2,open,creat,open_by_handle_at}. */
@@ -447,8 +451,8 @@ int BPF_PROG(lsm_file_open, struct file *file, int ret)
 {
 	if (ret != 0)
 		return ret;
-	struct who who;
-	if (decide(file, MODE_LSM, &who) == VERDICT_DENY)
+	struct who who = {};
+	if (decide(file, bpf_get_current_task_btf(), MODE_LSM, &who) == VERDICT_DENY)
 		return -EPERM;
 	return 0;
 }
@@ -463,7 +467,7 @@ int scan_open_files(struct bpf_iter__task_file *ctx)
 	struct file *file = ctx->file;
 	if (!task || !file)
 		return 0;
-	struct who who = {.task = task};
+	struct who who = {};
 	__u32 tgid = BPF_CORE_READ(task, tgid);
 	__u32 pid = BPF_CORE_READ(task, pid);
 	who.pid_tgid = (__u64)tgid << 32 | pid;
@@ -471,6 +475,6 @@ int scan_open_files(struct bpf_iter__task_file *ctx)
 	__u32 gid = BPF_CORE_READ(task, cred, gid.val);
 	who.uid_gid = (__u64)gid << 32 | uid;
 	who.cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
-	decide(file, MODE_SCAN, &who);
+	decide(file, task, MODE_SCAN, &who);
 	return 0;
 }
