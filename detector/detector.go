@@ -101,12 +101,19 @@ const binarySniff = 8000
 
 // target is the file a chunk belongs to.
 type target struct {
-	layer     int // -1 outside an image
+	layer  int        // -1 outside an image
+	info   *layerInfo // nil outside an image
+	source string
+	path   string
+}
+
+// layerInfo describes one layer. digest is filled in after the scan, and only for layers
+// with findings or problems: for an uncompressed layer (docker save) go-containerregistry
+// computes it by compressing the whole layer.
+type layerInfo struct {
 	digest    string
 	diffID    string
 	createdBy string
-	source    string
-	path      string
 }
 
 func (t *target) child(name string) *target {
@@ -197,7 +204,6 @@ func (s *scan) problem(t *target, incomplete bool, format string, args ...any) {
 		if t.layer >= 0 {
 			l := t.layer
 			p.Layer = &l
-			p.Digest = t.digest
 		}
 	}
 	s.d.log.Warn("scan problem", "problem", p.String(), "incomplete", incomplete)
@@ -313,9 +319,12 @@ func (s *scan) nested(t *target, kind archive.Kind, r io.Reader, depth int, budg
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return err
 	case errors.Is(err, archive.ErrBomb), errors.Is(err, archive.ErrTooLarge), errors.Is(err, archive.ErrTooDeep):
+		// A limit stopped us: the rest of the archive is unscanned.
 		s.problem(t, true, "%s archive: %v", kind, err)
 	default:
-		s.problem(t, true, "%s archive: %v", kind, err)
+		// A corrupt archive (test data, a truncated download) is reported but does not make
+		// the scan incomplete: what it held is unreadable to anyone.
+		s.problem(t, false, "%s archive: %v", kind, err)
 	}
 	return nil
 }
@@ -372,19 +381,23 @@ func (s *scan) stats() report.Stats {
 
 // toFinding turns a hit into a redacted, fingerprinted finding.
 func toFinding(t *target, h match.Hit, status report.Status) report.Finding {
+	info := t.info
+	if info == nil {
+		info = &layerInfo{}
+	}
 	f := report.Finding{
 		Rule:        h.RuleID,
 		Description: h.Description,
 		Source:      t.source,
 		Path:        t.path,
 		Status:      status,
-		LayerDigest: t.digest,
-		LayerDiffID: t.diffID,
-		CreatedBy:   t.createdBy,
+		LayerDigest: info.digest,
+		LayerDiffID: info.diffID,
+		CreatedBy:   info.createdBy,
 		Line:        h.Line,
 		Secret:      report.Redact(h.Secret),
 		Entropy:     h.Entropy,
-		Fingerprint: report.Fingerprint(h.RuleID, t.diffID, t.path, h.Secret),
+		Fingerprint: report.Fingerprint(h.RuleID, info.diffID, t.path, h.Secret),
 	}
 	if t.layer >= 0 {
 		l := t.layer

@@ -5,12 +5,18 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/sidekey/sidekey/detector/internal/imagetest"
 
 	"github.com/sidekey/sidekey/detector"
 	"github.com/sidekey/sidekey/detector/credfile"
@@ -178,3 +184,36 @@ var wantLeaky = []brief{
 }
 
 func detectorOptions() detector.Options { return detector.Options{} }
+
+// BenchmarkScanImage scans an image made of the Go tree's net and crypto sources (a
+// smaller cousin of hack/bench-detect.sh's image):
+//
+//	go test ./detector -run XXX -bench ScanImage -benchtime 3x
+func BenchmarkScanImage(b *testing.B) {
+	var steps []imagetest.Step
+	var size int64
+	for _, dir := range []string{"src/net", "src/crypto"} {
+		var entries []imagetest.Entry
+		root := filepath.Join(runtime.GOROOT(), dir)
+		_ = filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
+			if err != nil || !de.Type().IsRegular() {
+				return nil
+			}
+			data, err := os.ReadFile(p)
+			if err == nil {
+				entries = append(entries, imagetest.File(strings.TrimPrefix(p, "/"), string(data)))
+				size += int64(len(data))
+			}
+			return nil
+		})
+		steps = append(steps, imagetest.Step{Layer: imagetest.Layer(b, entries...), CreatedBy: "COPY " + dir})
+	}
+	img := imagetest.Image(b, v1.Config{}, steps)
+	d := newDetector(b, detector.Options{})
+	b.SetBytes(size)
+	for b.Loop() {
+		if _, err := d.ScanImage(context.Background(), img, "bench"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

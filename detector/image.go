@@ -41,19 +41,19 @@ func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*r
 	config := d.scanConfig(cf)
 
 	indexes := make([]*layerIndex, len(layers))
+	infos := make([]*layerInfo, len(layers))
 	sem := make(chan struct{}, d.opts.Workers)
 	var wg sync.WaitGroup
 	for i, l := range layers {
-		t := &target{layer: i, createdBy: createdBy[i], source: report.SourceLayer}
-		if dg, err := l.Digest(); err == nil {
-			t.digest = dg.String()
-		}
+		info := &layerInfo{createdBy: createdBy[i]}
+		infos[i] = info
+		t := &target{layer: i, info: info, source: report.SourceLayer}
 		// The config's diff_ids are what the image promises; a layer's own DiffID may be
 		// computed from its (possibly tampered) content.
 		if len(cf.RootFS.DiffIDs) == len(layers) {
-			t.diffID = cf.RootFS.DiffIDs[i].String()
+			info.diffID = cf.RootFS.DiffIDs[i].String()
 		} else if id, err := l.DiffID(); err == nil {
-			t.diffID = id.String()
+			info.diffID = id.String()
 		}
 		idx := newLayerIndex()
 		indexes[i] = idx
@@ -75,6 +75,28 @@ func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*r
 	s.finish()
 	close(stop)
 
+	// Digests only where the report shows them.
+	for _, f := range s.found {
+		infos[f.t.layer].digest = "-"
+	}
+	for _, p := range s.problems {
+		if p.Layer != nil {
+			infos[*p.Layer].digest = "-"
+		}
+	}
+	for i, info := range infos {
+		if info.digest != "" {
+			info.digest = ""
+			if dg, err := layers[i].Digest(); err == nil {
+				info.digest = dg.String()
+			}
+		}
+	}
+	for i := range s.problems {
+		if l := s.problems[i].Layer; l != nil {
+			s.problems[i].Digest = infos[*l].digest
+		}
+	}
 	r := &report.Report{Image: name, Findings: config}
 	for _, f := range s.found {
 		r.Findings = append(r.Findings, toFinding(f.t, f.hit, status(indexes, f.t.layer, topPath(f.t.path))))
@@ -139,7 +161,7 @@ func (s *scan) layer(t *target, l v1.Layer, idx *layerIndex) {
 		p := "/" + clean
 		prev = p
 		if climbs(hdr.Name) {
-			s.problem(&target{layer: t.layer, digest: t.digest, path: hdr.Name}, false,
+			s.problem(&target{layer: t.layer, path: hdr.Name}, false,
 				"entry path climbs above the root; recorded and scanned as %s", p)
 		}
 		dir, base := path.Split(p)
@@ -157,7 +179,7 @@ func (s *scan) layer(t *target, l v1.Layer, idx *layerIndex) {
 			idx.entries[p] = entryDir
 		case tar.TypeReg, tar.TypeRegA:
 			idx.entries[p] = entryFile
-			ft := &target{layer: t.layer, digest: t.digest, diffID: t.diffID, createdBy: t.createdBy, source: t.source, path: p}
+			ft := &target{layer: t.layer, info: t.info, source: t.source, path: p}
 			if err := s.file(ft, tr, hdr.Size, 0, nil); err != nil {
 				if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 					s.problem(t, true, "layer not finished: %v", err)
@@ -175,8 +197,8 @@ func (s *scan) layer(t *target, l v1.Layer, idx *layerIndex) {
 		s.problem(t, true, "read layer after its end-of-archive marker: %v", err)
 		return
 	}
-	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); t.diffID != "" && got != t.diffID {
-		s.problem(t, true, "layer content has digest %s but the image config says diff_id %s: the layer is corrupt or was tampered with", got, t.diffID)
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); t.info.diffID != "" && got != t.info.diffID {
+		s.problem(t, true, "layer content has digest %s but the image config says diff_id %s: the layer is corrupt or was tampered with", got, t.info.diffID)
 	}
 }
 

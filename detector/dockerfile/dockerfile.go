@@ -6,6 +6,7 @@ package dockerfile
 
 import (
 	"bytes"
+	"encoding/json"
 	"path"
 	"strings"
 
@@ -186,23 +187,22 @@ func unquote(s string) string {
 	return s
 }
 
-// copySources returns the source operands of COPY/ADD (flags and the destination dropped).
+// copySources returns the source operands of COPY/ADD (flags and the destination dropped),
+// in shell form or JSON form.
 func copySources(args string) []string {
-	args = strings.TrimSpace(args)
-	var toks []string
-	if strings.HasPrefix(args, "[") {
-		for _, t := range strings.Split(strings.Trim(args, "[]"), ",") {
-			toks = append(toks, unquote(strings.TrimSpace(t)))
-		}
-	} else {
-		for _, t := range fields(args) {
-			toks = append(toks, unquote(t))
-		}
+	rest := strings.TrimSpace(args)
+	for strings.HasPrefix(rest, "--") {
+		_, after, _ := strings.Cut(rest, " ")
+		rest = strings.TrimSpace(after)
 	}
 	var ops []string
-	for _, t := range toks {
-		if !strings.HasPrefix(t, "--") {
-			ops = append(ops, t)
+	if strings.HasPrefix(rest, "[") {
+		if err := json.Unmarshal([]byte(rest), &ops); err != nil {
+			return nil
+		}
+	} else {
+		for _, t := range fields(rest) {
+			ops = append(ops, unquote(t))
 		}
 	}
 	if len(ops) < 2 {

@@ -20,16 +20,18 @@ type finder struct {
 
 func newFinder(std *regexp.Regexp) *finder { return &finder{std: std} }
 
-func (f *finder) FindAllIndex(b []byte, n int) [][]int {
+// FindAllSubmatchIndex is regexp's: RE2 finds a match with its DFA and extracts groups only
+// within the match.
+func (f *finder) FindAllSubmatchIndex(b []byte, n int) [][]int {
 	f.once.Do(func() {
 		if re, err := re2.Compile(f.std.String()); err == nil {
 			f.re2 = re
 		}
 	})
 	if f.re2 == nil || !utf8.Valid(b) {
-		return f.std.FindAllIndex(b, n)
+		return f.std.FindAllSubmatchIndex(b, n)
 	}
-	return f.re2.FindAllIndex(b, n)
+	return f.re2.FindAllSubmatchIndex(b, n)
 }
 
 type stringMatcher interface{ MatchString(string) bool }

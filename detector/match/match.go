@@ -238,13 +238,13 @@ func (s *Scanner) Scan(path string, data []byte, startLine int) []Hit {
 			}
 			last := -1
 			for _, w := range s.wins[ri] {
-				for _, m := range r.find.FindAllIndex(data[w.start:w.end], -1) {
+				for _, m := range r.find.FindAllSubmatchIndex(data[w.start:w.end], -1) {
 					start, end := w.start+m[0], w.start+m[1]
 					if start < last {
 						continue
 					}
 					last = end
-					s.accept(r, path, start, end, startLine)
+					s.accept(r, path, w.start, m, startLine)
 				}
 			}
 		}
@@ -324,9 +324,11 @@ func (s *Scanner) addWindow(ri int, data []byte, pos, n int) {
 	*c = span{start, end}
 }
 
-// accept applies gitleaks' per-match checks to the match data[start:end] of rule r.
-func (s *Scanner) accept(r *rule, path string, start, end, startLine int) {
+// accept applies gitleaks' per-match checks to the match m (submatch offsets from base) of
+// rule r.
+func (s *Scanner) accept(r *rule, path string, base int, m []int, startLine int) {
 	data := s.data
+	start, end := base+m[0], base+m[1]
 	match := strings.Trim(string(data[start:end]), "\n")
 	if match == "" {
 		return
@@ -342,16 +344,24 @@ func (s *Scanner) accept(r *rule, path string, start, end, startLine int) {
 	if strings.Contains(line, "gitleaks:allow") {
 		return
 	}
+	// The secret is the rule's secretGroup, or else its first non-empty group, or else the
+	// whole match (gitleaks re-matches the trimmed match; the groups are the same).
 	secret := match
-	if groups := r.Regex.FindStringSubmatch(match); len(groups) >= 2 {
+	group := func(i int) string {
+		if 2*i+1 >= len(m) || m[2*i] < 0 {
+			return ""
+		}
+		return string(data[base+m[2*i] : base+m[2*i+1]])
+	}
+	if groups := len(m)/2 - 1; groups >= 1 {
 		if r.SecretGroup > 0 {
-			if len(groups) <= r.SecretGroup {
+			if groups < r.SecretGroup {
 				return
 			}
-			secret = groups[r.SecretGroup]
+			secret = group(r.SecretGroup)
 		} else {
-			for _, g := range groups[1:] {
-				if g != "" {
+			for i := 1; i <= groups; i++ {
+				if g := group(i); g != "" {
 					secret = g
 					break
 				}
