@@ -560,16 +560,16 @@ func AnnotationReference() string {
 	esc := strings.NewReplacer("|", `\|`, "\n", " ", "<", "&lt;", ">", "&gt;")
 	cell := func(s string) string { return strings.NewReplacer("|", `\|`, "\n", " ").Replace(s) }
 	for _, a := range annotations {
-		def := a.Default
+		def := esc.Replace(a.Default)
 		switch {
 		case a.Output:
 			def = "(set by the webhook)"
 		case def == "":
 			def = "—"
 		case !strings.Contains(def, " "):
-			def = "`" + def + "`"
+			def = "`" + cell(a.Default) + "`"
 		}
-		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", cell(a.Key), esc.Replace(def), esc.Replace(a.Description))
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", cell(a.Key), def, esc.Replace(a.Description))
 	}
 	return b.String()
 }

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -246,6 +248,28 @@ func BenchmarkWebhookTLS(b *testing.B) {
 	pod.Name = "web-00000000"
 	body := review(b, "admission.k8s.io/v1", podResource, pod)
 	at := bytes.Index(body, []byte("web-00000000"))
+	// The anchor: a webhook that reads the review and allows it unchanged, over the same TLS
+	// loopback, so the ratio shows what the injection itself costs.
+	anchor := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		rev, err := DecodeReview(body)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		out, _ := json.Marshal(admissionv1.AdmissionReview{TypeMeta: rev.TypeMeta,
+			Response: &admissionv1.AdmissionResponse{UID: rev.Request.UID, Allowed: true}})
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(out)
+	}))
+	anchor.EnableHTTP2 = true
+	anchor.StartTLS()
+	defer anchor.Close()
+	for _, c := range []int{1, 16, 64} {
+		b.Run(fmt.Sprintf("anchor-allow/c=%d", c), func(b *testing.B) {
+			benchReviews(b, anchor, c, func(int) []byte { return body })
+		})
+	}
 	for _, kind := range []string{"replicas", "unique"} {
 		for _, c := range []int{1, 16, 64} {
 			b.Run(fmt.Sprintf("%s/c=%d", kind, c), func(b *testing.B) {
@@ -333,4 +357,49 @@ func BenchmarkServeHTTP(b *testing.B) {
 			b.Fatal(rec.Code)
 		}
 	}
+}
+
+func TestAnswerCache(t *testing.T) {
+	cfg := testConfig()
+	roles := countingRoles{arn: "arn:aws:iam::123456789012:role/a"}
+	h := &Handler{Config: &cfg, Log: testLogger(t), Metrics: NewMetrics(prometheus.NewRegistry()), Roles: &roles}
+	srv := NewServer(h, 0)
+	call := func(pod *corev1.Pod) admissionv1.AdmissionResponse {
+		req := httptest.NewRequest("POST", "/mutate", bytes.NewReader(review(t, "admission.k8s.io/v1", podResource, pod)))
+		req.Header.Set("Content-Type", "application/json")
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		var out admissionv1.AdmissionReview
+		if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil || out.Response == nil {
+			t.Fatalf("response %s: %v", rec.Body, err)
+		}
+		return *out.Response
+	}
+	for _, file := range []string{"testdata/basic.pod.yaml", "testdata/typo.pod.yaml", "testdata/root.pod.yaml"} {
+		pod := podFromFile(t, file)
+		first, second := call(pod), call(pod)
+		if d := cmp.Diff(first, second); d != "" {
+			t.Errorf("%s: remembered answer differs (-first +second):\n%s", file, d)
+		}
+	}
+	if got := counter(t, h.Metrics.injections.WithLabelValues("shop")); got != 4 {
+		t.Errorf("injections = %v; want 4 (remembered answers are counted too)", got)
+	}
+	// An answer that depends on the ServiceAccount's role is looked up every time.
+	aws := podFromFile(t, "testdata/template-aws.pod.yaml")
+	call(aws)
+	call(aws)
+	if roles.calls.Load() != 2 {
+		t.Errorf("role looked up %d times; want 2", roles.calls.Load())
+	}
+}
+
+type countingRoles struct {
+	arn   string
+	calls atomic.Int32
+}
+
+func (r *countingRoles) RoleARN(context.Context, string, string) (string, error) {
+	r.calls.Add(1)
+	return r.arn, nil
 }
