@@ -434,6 +434,23 @@ func (p *Probe) ScanOpenFiles() error {
 	return nil
 }
 
+// ProgramStats sums the kernel's run statistics of the attach mode's main program (the
+// kernel only counts while BPF statistics are enabled: ebpf.EnableStats).
+func (p *Probe) ProgramStats() (ebpf.ProgramStats, error) {
+	prog := p.objs.TpSysExitOpen
+	if p.mode == ModeLSM {
+		prog = p.objs.LsmFileOpen
+	}
+	if prog == nil {
+		return ebpf.ProgramStats{}, errors.New("probe not loaded")
+	}
+	st, err := prog.Stats()
+	if err != nil {
+		return ebpf.ProgramStats{}, fmt.Errorf("program stats: %w", err)
+	}
+	return *st, nil
+}
+
 // SetDeadline makes a blocked Read return os.ErrDeadlineExceeded at t; the zero time
 // blocks forever.
 func (p *Probe) SetDeadline(t time.Time) { p.reader.SetDeadline(t) }
