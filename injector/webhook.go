@@ -58,35 +58,33 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.R
 		h.Metrics.observe(req.Namespace, a.result)
 		return a.response()
 	}
-	// Most pods carry no sidekey annotation: look at the metadata alone first.
-	var meta struct {
-		Metadata struct {
-			Annotations map[string]string `json:"annotations"`
-		} `json:"metadata"`
-	}
-	if err := json.Unmarshal(req.Object.Raw, &meta); err != nil {
-		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decode pod: %w", err))
-	}
-	if !hasPrefixedKey(meta.Metadata.Annotations) {
+	// Most pods carry no sidekey annotation. The API server writes JSON without escaping '/',
+	// so a pod whose bytes lack the prefix has none, and needs no decoding at all.
+	if !bytes.Contains(req.Object.Raw, []byte(prefix)) {
 		h.Metrics.observe(req.Namespace, resultSkipped)
 		return admission.Allowed("")
 	}
-	resp, result := h.handlePod(ctx, req)
+	var pod corev1.Pod
+	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+		h.Metrics.observe(req.Namespace, resultError)
+		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decode pod: %w", err))
+	}
+	if !hasPrefixedKey(pod.Annotations) {
+		h.Metrics.observe(req.Namespace, resultSkipped)
+		return admission.Allowed("")
+	}
+	resp, result := h.handlePod(ctx, req, &pod)
 	h.Metrics.observe(req.Namespace, result)
 	// An answer that depends on a ServiceAccount's role is not remembered.
-	if (h.Roles == nil || !needsRole(meta.Metadata.Annotations)) && result != resultError {
+	if (h.Roles == nil || !needsRole(pod.Annotations)) && result != resultError {
 		h.answers.put(req.Object.Raw, newAnswer(resp, result))
 	}
 	return resp
 }
 
 // handlePod answers for a pod that carries sidekey annotations.
-func (h *Handler) handlePod(ctx context.Context, req admission.Request) (admission.Response, string) {
-	var pod corev1.Pod
-	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
-		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decode pod: %w", err)), resultError
-	}
-	log := h.Log.With("namespace", req.Namespace, "pod", podName(&pod), "uid", string(req.UID))
+func (h *Handler) handlePod(ctx context.Context, req admission.Request, pod *corev1.Pod) (admission.Response, string) {
+	log := h.Log.With("namespace", req.Namespace, "pod", podName(pod), "uid", string(req.UID))
 
 	var facts Facts
 	if h.Roles != nil && needsRole(pod.Annotations) {
@@ -102,7 +100,7 @@ func (h *Handler) handlePod(ctx context.Context, req admission.Request) (admissi
 		facts.ServiceAccountRoleARN = arn
 	}
 
-	res, err := Mutate(&pod, h.Config, facts)
+	res, err := Mutate(pod, h.Config, facts)
 	if err != nil {
 		msg := strings.ReplaceAll(err.Error(), "\n", "; ")
 		log.Info("pod refused", "reason", msg)
