@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,27 +30,28 @@ func TestProbeRejectsNonTmpfsWatch(t *testing.T) {
 	}
 }
 
-func TestProbeStandalone(t *testing.T) {
-	probetest.RequireBPF(t)
-	dir := probetest.MountTmpfs(t)
-	probetest.WriteFile(t, filepath.Join(dir, "token"), "s3cr3t")
-	allowed := probetest.CopyExe(t, "/bin/cat", "app")
+// runningProbe is `sidekey probe` running in this process until stop.
+type runningProbe struct {
+	lines *bufio.Scanner // stdout
+	done  chan error
+	out   *io.PipeReader
+}
 
+func startProbe(t *testing.T, args ...string) *runningProbe {
+	t.Helper()
+	probetest.RequireBPF(t)
 	outR, outW := io.Pipe()
 	errR, errW := io.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	cmd := newProbeCmd()
-	cmd.SetArgs([]string{"--watch", dir, "--allow", allowed, "--attach", "auto"})
+	cmd.SetArgs(args)
 	cmd.SetOut(outW)
 	cmd.SetErr(errW)
-	done := make(chan error, 1)
+	p := &runningProbe{lines: bufio.NewScanner(outR), done: make(chan error, 1), out: outR}
 	go func() {
-		done <- cmd.ExecuteContext(ctx)
+		p.done <- cmd.ExecuteContext(context.Background())
 		outW.Close()
 		errW.Close()
 	}()
-
 	ready := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(errR)
@@ -61,11 +64,46 @@ func TestProbeStandalone(t *testing.T) {
 	}()
 	select {
 	case <-ready:
-	case err := <-done:
+	case err := <-p.done:
 		t.Fatalf("probe exited before ready: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("probe not ready within 30s")
 	}
+	return p
+}
+
+func (p *runningProbe) line(t *testing.T) string {
+	t.Helper()
+	if !p.lines.Scan() {
+		t.Fatal("no event line on stdout")
+	}
+	return p.lines.Text()
+}
+
+// stop sends a real SIGTERM to this process: the command's signal.NotifyContext,
+// registered before "ready", turns it into a clean shutdown.
+func (p *runningProbe) stop(t *testing.T) {
+	t.Helper()
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	go io.Copy(io.Discard, p.out)
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Fatalf("probe exit: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("probe did not exit after SIGTERM")
+	}
+}
+
+func TestProbeStandalone(t *testing.T) {
+	probetest.RequireBPF(t)
+	dir := probetest.MountTmpfs(t)
+	probetest.WriteFile(t, filepath.Join(dir, "token"), "s3cr3t")
+	allowed := probetest.CopyExe(t, "/bin/cat", "app")
+	p := startProbe(t, "--watch", dir, "--allow", allowed, "--attach", "auto")
 
 	if out, err := exec.Command(allowed, filepath.Join(dir, "token")).Output(); err != nil || string(out) != "s3cr3t" {
 		t.Fatalf("allowed reader: %q, %v", out, err)
@@ -74,36 +112,46 @@ func TestProbeStandalone(t *testing.T) {
 	if err := cat.Run(); err != nil {
 		t.Fatal(err)
 	}
-	lines := bufio.NewScanner(outR)
-	if !lines.Scan() {
-		t.Fatal("no event line on stdout")
-	}
+	line := p.line(t)
 	var rec map[string]any
-	if err := json.Unmarshal(lines.Bytes(), &rec); err != nil {
-		t.Fatalf("event line %q: %v", lines.Text(), err)
+	if err := json.Unmarshal([]byte(line), &rec); err != nil {
+		t.Fatalf("event line %q: %v", line, err)
 	}
 	for k, want := range map[string]any{
 		"verdict": "alert", "comm": "cat", "exe": "/usr/bin/cat", "path": filepath.Join(dir, "token"),
 		"pid": float64(cat.Process.Pid), "uid": float64(0),
 	} {
 		if rec[k] != want {
-			t.Errorf("event %s = %v; want %v (line %s)", k, rec[k], want, lines.Text())
+			t.Errorf("event %s = %v; want %v (line %s)", k, rec[k], want, line)
 		}
 	}
 	for _, k := range []string{"time", "cgroup_id"} {
 		if _, ok := rec[k]; !ok {
-			t.Errorf("event has no %s: %s", k, lines.Text())
+			t.Errorf("event has no %s: %s", k, line)
 		}
 	}
+	p.stop(t)
+}
 
-	cancel() // what SIGINT/SIGTERM do
-	go io.Copy(io.Discard, outR)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("probe exit: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("probe did not exit after cancel")
+func TestProbeEnforceText(t *testing.T) {
+	probetest.RequireBPF(t)
+	dir := probetest.MountTmpfs(t)
+	probetest.WriteFile(t, filepath.Join(dir, "token"), "s3cr3t")
+	allowed := probetest.CopyExe(t, "/bin/cat", "app")
+	p := startProbe(t, "--watch", dir, "--allow", allowed, "--enforce", "--output", "text")
+
+	out, err := exec.Command("/bin/head", "-c", "100", filepath.Join(dir, "token")).Output()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || len(out) != 0 {
+		t.Fatalf("head in enforce mode: %q, %v; want killed before reading", out, err)
 	}
+	if got, err := exec.Command(allowed, filepath.Join(dir, "token")).Output(); err != nil || string(got) != "s3cr3t" {
+		t.Fatalf("allowed reader in enforce mode: %q, %v", got, err)
+	}
+	line := p.line(t)
+	if !strings.Contains(line, " DENY ") || !strings.Contains(line, `exe="/usr/bin/head"`) ||
+		!strings.Contains(line, filepath.Join(dir, "token")) || strings.Contains(line, "s3cr3t") {
+		t.Errorf("text event %q; want a DENY of /usr/bin/head naming the file", line)
+	}
+	p.stop(t)
 }
