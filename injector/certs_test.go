@@ -3,6 +3,9 @@ package injector
 import (
 	"crypto/x509"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,5 +114,63 @@ func TestTLSStateRoundTrip(t *testing.T) {
 	}
 	if m.Ready() == nil {
 		t.Errorf("Ready before any reconcile")
+	}
+}
+
+// TestWatchCertFiles serves a certificate from files and picks up a replacement (as
+// cert-manager writes one) without a restart.
+func TestWatchCertFiles(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	now := time.Now()
+	write := func() *x509.Certificate {
+		ca, key, err := newCA(now, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certPEM, keyPEM, leaf, err := newLeaf(ca, key, now, time.Hour, []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Write beside and rename, as the kubelet updates a mounted Secret.
+		for name, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM} {
+			if err := os.WriteFile(name+".tmp", b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(name+".tmp", name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return leaf
+	}
+	first := write()
+	w, err := WatchCertFiles(t.Context(), certFile, keyFile, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := func() *x509.Certificate {
+		c, err := w.GetCertificate(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := x509.ParseCertificate(c.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return leaf
+	}
+	if !served().Equal(first) {
+		t.Fatal("not serving the certificate from the files")
+	}
+	second := write()
+	deadline := time.Now().Add(20 * time.Second)
+	for !served().Equal(second) {
+		if time.Now().After(deadline) {
+			t.Fatal("replaced certificate files were not reloaded")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := WatchCertFiles(t.Context(), filepath.Join(dir, "missing.crt"), keyFile, testLogger(t)); err == nil || !strings.Contains(err.Error(), "--tls-cert-file") {
+		t.Errorf("missing file: err = %v; want one naming --tls-cert-file", err)
 	}
 }
