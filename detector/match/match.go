@@ -60,8 +60,10 @@ const (
 type rule struct {
 	config.Rule
 	find      *finder
-	multiline bool // the pattern spans lines: windows are not cut at the hit's line end
-	wholeFile bool // no keywords: the regex runs over the whole content
+	idx       int
+	anchor    *anchoring // run at each keyword hit rather than over windows
+	multiline bool       // the pattern spans lines: windows are not cut at the hit's line end
+	wholeFile bool       // no keywords: the regex runs over the whole content
 }
 
 // Engine holds compiled rules. It is safe for concurrent use; each goroutine scans with its
@@ -95,7 +97,7 @@ func New(cfg config.Config, fileRules ...FileRule) *Engine {
 		if !ok || cr.SkipReport {
 			continue
 		}
-		r := rule{Rule: cr}
+		r := rule{Rule: cr, idx: len(e.rules)}
 		if cr.Regex != nil {
 			src := cr.Regex.String()
 			r.find = newFinder(cr.Regex)
@@ -104,6 +106,9 @@ func New(cfg config.Config, fileRules ...FileRule) *Engine {
 			}
 		}
 		r.wholeFile = len(cr.Keywords) == 0
+		if !r.multiline {
+			r.anchor = anchorFor(cr)
+		}
 		e.compileAllowlists(cr.Allowlists)
 		idx := len(e.rules)
 		e.rules = append(e.rules, r)
@@ -236,6 +241,10 @@ func (s *Scanner) Scan(path string, data []byte, startLine int) []Hit {
 			if r.Regex == nil || (r.Path != nil && !matchPath(r.Path, path)) || e.pathAllowed(r.Allowlists, path) {
 				continue
 			}
+			if r.anchor != nil {
+				s.runAnchored(r, path, data, startLine)
+				continue
+			}
 			last := -1
 			for _, w := range s.wins[ri] {
 				for _, m := range r.find.FindAllSubmatchIndex(data[w.start:w.end], -1) {
@@ -291,6 +300,17 @@ func (s *Scanner) collectWindows(data []byte) {
 
 func (s *Scanner) addWindow(ri int, data []byte, pos, n int) {
 	c := &s.cur[ri]
+	if s.e.rules[ri].anchor != nil {
+		// Anchored rules keep every hit (start, keyword end).
+		if len(s.wins[ri]) == 0 && c.end == 0 {
+			s.touched = append(s.touched, ri)
+		}
+		if w := s.wins[ri]; len(w) > 0 && w[len(w)-1].start == pos {
+			return
+		}
+		s.wins[ri] = append(s.wins[ri], span{pos, pos + n})
+		return
+	}
 	if c.end > c.start && pos+n <= c.end-64 {
 		// Already well inside the current window.
 		return
@@ -322,6 +342,48 @@ func (s *Scanner) addWindow(ri int, data []byte, pos, n int) {
 	}
 	s.wins[ri] = append(s.wins[ri], *c)
 	*c = span{start, end}
+}
+
+// runAnchored runs an anchored rule at each of its keyword hits.
+func (s *Scanner) runAnchored(r *rule, path string, data []byte, startLine int) {
+	a := r.anchor
+	last := -1
+	var m []int
+	for _, h := range s.wins[r.idx] {
+		pos := h.start
+		if pos < last {
+			continue
+		}
+		if a.wordBoundary && pos > 0 && isWordByte(data[pos-1]) {
+			continue
+		}
+		// The match may run to the end of the line after the hit's (an assignment may
+		// break a line), never further than forward bytes.
+		end := min(len(data), pos+forward)
+		if i := bytes.IndexByte(data[h.end:end], '\n'); i >= 0 {
+			next := h.end + i + 1
+			if j := bytes.IndexByte(data[next:end], '\n'); j >= 0 {
+				end = next + j + 1
+			}
+		}
+		m = a.re.FindSubmatchIndex(data[pos:end])
+		if m == nil {
+			continue
+		}
+		start := pos
+		if a.back > 0 {
+			lo := max(0, pos-a.back)
+			for start > lo && isIdentByte(data[start-1]) {
+				start--
+			}
+		}
+		m[0] = start - pos
+		if start < last {
+			continue
+		}
+		last = pos + m[1]
+		s.accept(r, path, pos, m, startLine)
+	}
 }
 
 // accept applies gitleaks' per-match checks to the match m (submatch offsets from base) of
