@@ -58,7 +58,7 @@ func Help(bin string, args ...string) (string, error) {
 }
 
 // flagLine matches one line of pflag's FlagUsages: "  -o, --output string   usage".
-var flagLine = regexp.MustCompile(`^\s+(?:-([A-Za-z0-9]), )?--([A-Za-z0-9][A-Za-z0-9.-]*)(?: ([A-Za-z0-9]+))?(?:\s{2,}(.*))?$`)
+var flagLine = regexp.MustCompile(`^\s+(?:-([A-Za-z0-9]), )?--([A-Za-z0-9][A-Za-z0-9.-]*)(?:\[=[^\]]*\])?(?: ([A-Za-z0-9]+))?(?:\s{2,}(.*))?$`)
 
 // defaultRE finds pflag's " (default X)" at the end of a usage.
 var defaultRE = regexp.MustCompile(` \(default (.*)\)$`)

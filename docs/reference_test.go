@@ -32,6 +32,7 @@ Flags:
       --max-body-bytes int    largest review (default 7340032)
   -o, --output string         write here
       --tls-self-managed      create a CA
+      --once[=true|false]     run once
       --tls-extra-sans strings   extra names
                               e.g. 127.0.0.1
 
@@ -43,6 +44,7 @@ Global Flags:
 				{Name: "max-body-bytes", Type: "int", Default: "7340032", Usage: "largest review"},
 				{Name: "output", Short: "o", Type: "string", Usage: "write here"},
 				{Name: "tls-self-managed", Type: "bool", Usage: "create a CA"},
+				{Name: "once", Type: "bool", Usage: "run once"},
 				{Name: "tls-extra-sans", Type: "strings", Usage: "extra names e.g. 127.0.0.1"},
 			},
 		},
