@@ -223,7 +223,30 @@ func run(rounds, iters, rate int, floodFor time.Duration, attach string) error {
 	if stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err != nil {
 		fmt.Println("program run time: BPF statistics unavailable:", err)
 	} else {
-		fmt.Printf("%-14s %14s %12s\n", "op", "program ns/run", "runs/op")
+		// The statistics' own cost per run, from the empty program alone on the hooks.
+		statsCost := 0.0
+		if floor.prog != nil {
+			if err := p.Detach(); err != nil {
+				return err
+			}
+			if err := floor.attach(); err != nil {
+				return err
+			}
+			before, _ := floor.prog.Stats()
+			if err := ops[0].fn(iters); err != nil {
+				return err
+			}
+			after, _ := floor.prog.Stats()
+			floor.detach()
+			if err := p.Attach(); err != nil {
+				return err
+			}
+			if before != nil && after != nil && after.RunCount > before.RunCount {
+				statsCost = float64(after.Runtime-before.Runtime) / float64(after.RunCount-before.RunCount)
+			}
+			fmt.Printf("empty program under statistics: %.1f ns/run (the statistics' own cost, subtracted below)\n", statsCost)
+		}
+		fmt.Printf("%-14s %14s %12s %12s\n", "op", "program ns/run", "runs/op", "net/A ns/op")
 		for _, o := range ops {
 			before, err := p.ProgramStats()
 			if err != nil {
@@ -238,11 +261,11 @@ func run(rounds, iters, rate int, floodFor time.Duration, attach string) error {
 			}
 			runs := after.RunCount - before.RunCount
 			if float64(runs) < float64(iters)/2 {
-				fmt.Printf("%-14s %14s %12.2f\n", o.name, "-", float64(runs)/float64(iters))
+				fmt.Printf("%-14s %14s %12.2f %12s\n", o.name, "-", float64(runs)/float64(iters), "0")
 				continue
 			}
-			ns := float64(after.Runtime-before.Runtime) / float64(runs)
-			fmt.Printf("%-14s %14.1f %12.2f\n", o.name, ns, float64(runs)/float64(iters))
+			ns := float64(after.Runtime-before.Runtime)/float64(runs) - statsCost
+			fmt.Printf("%-14s %14.1f %12.2f %12.3f\n", o.name, ns, float64(runs)/float64(iters), ns*float64(runs)/float64(iters)/median(samples[o.name][0]))
 		}
 		stats.Close()
 	}
