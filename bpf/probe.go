@@ -222,6 +222,7 @@ func (p *Probe) loadExtra(spec *ebpf.CollectionSpec, maps probeMaps, name, what 
 	opts := &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		probeMapAllowed: maps.Allowed, probeMapCounters: maps.Counters, probeMapEvents: maps.Events,
 		probeMapRatelimit: maps.Ratelimit, probeMapScratch: maps.Scratch, probeMapWatched: maps.Watched,
+		probeMapWatchedMinors: maps.WatchedMinors,
 	}}
 	if err := single.LoadAndAssign(&o, opts); err != nil {
 		p.log.Warn(what+" not covered: cannot load "+name, "err", err)
@@ -287,8 +288,31 @@ func (p *Probe) Watch(dev uint32, id uint32, enforce bool) error {
 	if enforce {
 		w.Flags = 1
 	}
+	if dev>>20 != 0 {
+		return fmt.Errorf("watch device %s: not an anonymous device (major 0), so not a tmpfs", FormatDev(dev))
+	}
 	if err := p.objs.Watched.Put(dev, w); err != nil {
 		return fmt.Errorf("watch device %s: %w", FormatDev(dev), err)
+	}
+	return p.setMinor(dev, true)
+}
+
+// setMinor sets or clears dev's bit in the pre-filter bitmap.
+func (p *Probe) setMinor(dev uint32, on bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var bm probeMinorBitmap
+	if err := p.objs.WatchedMinors.Lookup(uint32(0), &bm); err != nil {
+		return fmt.Errorf("read watched device bitmap: %w", err)
+	}
+	word, bit := (dev&0xfffff)/64, uint64(1)<<(dev%64)
+	if on {
+		bm.Bits[word] |= bit
+	} else {
+		bm.Bits[word] &^= bit
+	}
+	if err := p.objs.WatchedMinors.Update(uint32(0), &bm, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("update watched device bitmap: %w", err)
 	}
 	return nil
 }
@@ -296,6 +320,9 @@ func (p *Probe) Watch(dev uint32, id uint32, enforce bool) error {
 // Unwatch stops watching dev and removes its allowed readers.
 func (p *Probe) Unwatch(dev uint32) error {
 	var errs []error
+	if dev>>20 == 0 {
+		errs = append(errs, p.setMinor(dev, false))
+	}
 	if err := p.objs.Watched.Delete(dev); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("unwatch device %s: %w", FormatDev(dev), err))
 	}
@@ -517,7 +544,7 @@ func (p *Probe) closeObjects() error {
 	var errs []error
 	for _, c := range []interface{ Close() error }{
 		p.objs.LsmFileOpen, p.objs.TpSysExitOpen, p.objs.TpIoUringComplete, p.objs.ScanOpenFiles,
-		p.objs.Allowed, p.objs.Counters, p.objs.Events, p.objs.Ratelimit, p.objs.Scratch, p.objs.Watched,
+		p.objs.Allowed, p.objs.Counters, p.objs.Events, p.objs.Ratelimit, p.objs.Scratch, p.objs.Watched, p.objs.WatchedMinors,
 	} {
 		if c != nil && !isNil(c) {
 			errs = append(errs, c.Close())

@@ -47,6 +47,11 @@ type probeEvent struct {
 	Exe        [16][64]int8
 }
 
+type probeMinorBitmap struct {
+	_    structs.HostLayout
+	Bits [16384]uint64
+}
+
 type probeRlKey struct {
 	_        structs.HostLayout
 	ExeIno   uint64
@@ -80,6 +85,7 @@ const (
 	probeMapRatelimit          = "ratelimit"
 	probeMapScratch            = "scratch"
 	probeMapWatched            = "watched"
+	probeMapWatchedMinors      = "watched_minors"
 	probeProgLsmFileOpen       = "lsm_file_open"
 	probeProgScanOpenFiles     = "scan_open_files"
 	probeProgTpIoUringComplete = "tp_io_uring_complete"
@@ -142,12 +148,13 @@ type probeProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type probeMapSpecs struct {
-	Allowed   *ebpf.MapSpec `ebpf:"allowed"`
-	Counters  *ebpf.MapSpec `ebpf:"counters"`
-	Events    *ebpf.MapSpec `ebpf:"events"`
-	Ratelimit *ebpf.MapSpec `ebpf:"ratelimit"`
-	Scratch   *ebpf.MapSpec `ebpf:"scratch"`
-	Watched   *ebpf.MapSpec `ebpf:"watched"`
+	Allowed       *ebpf.MapSpec `ebpf:"allowed"`
+	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Ratelimit     *ebpf.MapSpec `ebpf:"ratelimit"`
+	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
+	Watched       *ebpf.MapSpec `ebpf:"watched"`
+	WatchedMinors *ebpf.MapSpec `ebpf:"watched_minors"`
 }
 
 // probeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -180,12 +187,13 @@ func (o *probeObjects) Close() error {
 //
 // It can be passed to loadProbeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type probeMaps struct {
-	Allowed   *ebpf.Map `ebpf:"allowed"`
-	Counters  *ebpf.Map `ebpf:"counters"`
-	Events    *ebpf.Map `ebpf:"events"`
-	Ratelimit *ebpf.Map `ebpf:"ratelimit"`
-	Scratch   *ebpf.Map `ebpf:"scratch"`
-	Watched   *ebpf.Map `ebpf:"watched"`
+	Allowed       *ebpf.Map `ebpf:"allowed"`
+	Counters      *ebpf.Map `ebpf:"counters"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Ratelimit     *ebpf.Map `ebpf:"ratelimit"`
+	Scratch       *ebpf.Map `ebpf:"scratch"`
+	Watched       *ebpf.Map `ebpf:"watched"`
+	WatchedMinors *ebpf.Map `ebpf:"watched_minors"`
 }
 
 func (m *probeMaps) Close() error {
@@ -196,6 +204,7 @@ func (m *probeMaps) Close() error {
 		m.Ratelimit,
 		m.Scratch,
 		m.Watched,
+		m.WatchedMinors,
 	)
 }
 
