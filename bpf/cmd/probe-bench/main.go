@@ -301,19 +301,35 @@ func run(rounds, iters, rate int, floodFor time.Duration, attach string) error {
 		}
 	}()
 	target := filepath.Join(flagged, "file")
+	// Paced openers, one per CPU, each at rate/threads, in batches of 100.
 	const batch = 100
-	interval := time.Duration(float64(time.Second) * batch / float64(rate))
+	threads := runtime.NumCPU()
+	interval := time.Duration(float64(time.Second) * batch * float64(threads) / float64(rate))
 	start := time.Now()
-	opened := 0
-	for next := start; time.Since(start) < floodFor; next = next.Add(interval) {
-		if err := openClose(target)(batch); err != nil {
+	var openedAll atomic.Int64
+	errc := make(chan error, threads)
+	for range threads {
+		go func() {
+			runtime.LockOSThread()
+			for next := start; time.Since(start) < floodFor; next = next.Add(interval) {
+				if err := openClose(target)(batch); err != nil {
+					errc <- err
+					return
+				}
+				openedAll.Add(batch)
+				if d := time.Until(next); d > 0 {
+					time.Sleep(d)
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range threads {
+		if err := <-errc; err != nil {
 			return err
 		}
-		opened += batch
-		if d := time.Until(next); d > 0 {
-			time.Sleep(d)
-		}
 	}
+	opened := int(openedAll.Load())
 	elapsed := time.Since(start)
 	// Wait for the consumer to drain the ring buffer: no new event for 300ms.
 	for last := delivered.Load(); ; {
