@@ -272,6 +272,33 @@ func TestAPIServer(t *testing.T) {
 		}
 	})
 
+	t.Run("injected pod passes the restricted Pod Security Standard", func(t *testing.T) {
+		if _, err := c.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "strict", Labels: map[string]string{
+			"sidekey.io/injection": "enabled", "pod-security.kubernetes.io/enforce": "restricted"}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		strict := c.cs.CoreV1().Pods("strict")
+		// The API server really enforces the standard: a bare pod is refused.
+		if _, err := strict.Create(ctx, testPod("bare", nil), metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "restricted") {
+			t.Fatalf("non-compliant pod: err = %v; want a PodSecurity refusal (is the plugin on?)", err)
+		}
+		in := testPod("compliant", map[string]string{KeyInject: "true", KeyVaultRole: "web", KeySecret + "db": "vault:database/creds/web"})
+		yes, no := true, false
+		in.Spec.SecurityContext.RunAsNonRoot = &yes
+		in.Spec.SecurityContext.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}
+		for i := range in.Spec.Containers {
+			in.Spec.Containers[i].SecurityContext = &corev1.SecurityContext{AllowPrivilegeEscalation: &no,
+				Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}
+		}
+		p, err := strict.Create(ctx, in, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("restricted namespace refused the injected pod: %v", err)
+		}
+		if p.Annotations[KeyStatus] != spec.StatusInjected {
+			t.Errorf("pod not injected")
+		}
+	})
+
 	t.Run("already injected pod is left alone", func(t *testing.T) {
 		first, err := pods.Get(ctx, "web", metav1.GetOptions{})
 		if err != nil {

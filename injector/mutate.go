@@ -341,6 +341,9 @@ func newPlan(pod *corev1.Pod, cfg *Config, facts Facts, s *settings) (*plan, err
 		}
 	}
 
+	if pod.Spec.HostNetwork {
+		p.warnings = append(p.warnings, fmt.Sprintf("hostNetwork: the agent's health address %s is the node's loopback, so two such pods on one node collide", spec.DefaultHealthAddr))
+	}
 	for _, sec := range s.secrets {
 		out := spec.Secret{Name: sec.name, File: sec.file, Mode: sec.mode, UID: fileUID, GID: fileGID}
 		if sec.source != nil {

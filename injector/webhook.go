@@ -329,7 +329,8 @@ func NewServer(h *Handler, maxBody int64) *Server {
 	if maxBody <= 0 {
 		maxBody = DefaultMaxBodyBytes
 	}
-	hook := &admission.Webhook{Handler: h}
+	// Handler logs what matters itself; skip controller-runtime's per-request logger values.
+	hook := &admission.Webhook{Handler: h, LogConstructor: func(base logr.Logger, _ *admission.Request) logr.Logger { return base }}
 	// Give controller-runtime our logger instead of its global one.
 	if _, err := admission.StandaloneWebhook(hook, admission.StandaloneOptions{Logger: logr.FromSlogHandler(h.Log.Handler())}); err != nil {
 		panic(err) // cannot happen without a metrics path
