@@ -8,8 +8,8 @@
 //   - tracepoints syscalls/sys_exit_open*: resolve the returned fd to its struct file
 //     and, in enforce mode, SIGKILL the opener before it returns to user space.
 //
-// Fast path for every open on the node: a few CO-RE loads to reach the superblock's
-// device, one hash lookup that misses.
+// Fast path for every open on the node: a few direct (BTF, CO-RE) loads to reach the
+// superblock's device, then one bit test in a bitmap of watched anonymous devices.
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
