@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -32,6 +34,10 @@ type Writer struct {
 	dir       string
 	root      *os.Root
 	allowDisk bool
+	// written holds the SHA-256 of what this Writer last wrote to each file, so an unchanged
+	// secret is recognised without reading the file back (which a 0400 file owned by the
+	// app's uid would not allow).
+	written map[string][sha256.Size]byte
 }
 
 // NewWriter opens dir for writing secret files. It refuses a directory that is not on tmpfs
@@ -44,7 +50,7 @@ func NewWriter(dir string, allowDisk bool) (*Writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open mount path: %w", err)
 	}
-	return &Writer{dir: dir, root: root, allowDisk: allowDisk}, nil
+	return &Writer{dir: dir, root: root, allowDisk: allowDisk, written: map[string][sha256.Size]byte{}}, nil
 }
 
 // CheckMemoryFS returns an error wrapping ErrNotMemory when dir is on a disk-backed file system.
@@ -84,20 +90,34 @@ func (w *Writer) Write(file string, content []byte, mode spec.Mode, uid, gid *in
 			return false, false, fmt.Errorf("create directory %s in the mount: %w", dir, err)
 		}
 	}
-	old, err := w.read(name)
-	switch {
-	case err == nil:
-		existed = true
-		if bytes.Equal(old, content) {
-			return false, true, w.fixAttrs(name, mode, uid, gid)
+	sum := sha256.Sum256(content)
+	if prev, ok := w.written[name]; ok {
+		if _, err := w.root.Lstat(name); err == nil {
+			if prev == sum {
+				return false, true, w.fixAttrs(name, mode, uid, gid)
+			}
+			existed = true
 		}
-	case errors.Is(err, fs.ErrNotExist):
-	default:
-		return false, false, fmt.Errorf("read current %s: %w", name, err)
+	} else {
+		// First write of this file by this process (e.g. the sidecar restarted): compare with
+		// what is there, if it can be read.
+		old, err := w.read(name)
+		switch {
+		case err == nil:
+			existed = true
+			if bytes.Equal(old, content) {
+				w.written[name] = sum
+				return false, true, w.fixAttrs(name, mode, uid, gid)
+			}
+		case errors.Is(err, fs.ErrNotExist):
+		default:
+			existed = true // there, but unreadable to us: replace it
+		}
 	}
 	if err := w.replace(name, content, mode, uid, gid); err != nil {
 		return false, existed, err
 	}
+	w.written[name] = sum
 	return true, existed, nil
 }
 
@@ -111,7 +131,7 @@ func (w *Writer) read(name string) ([]byte, error) {
 }
 
 func (w *Writer) fixAttrs(name string, mode spec.Mode, uid, gid *int64) error {
-	fi, err := w.root.Stat(name)
+	fi, err := w.root.Lstat(name)
 	if err != nil {
 		return fmt.Errorf("stat %s: %w", name, err)
 	}
@@ -120,7 +140,8 @@ func (w *Writer) fixAttrs(name string, mode spec.Mode, uid, gid *int64) error {
 			return fmt.Errorf("chmod %s: %w", name, err)
 		}
 	}
-	if uid != nil || gid != nil {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if ok && ((uid != nil && int64(st.Uid) != *uid) || (gid != nil && int64(st.Gid) != *gid)) {
 		if err := w.root.Lchown(name, idOr(uid), idOr(gid)); err != nil {
 			return fmt.Errorf("chown %s: %w", name, err)
 		}
