@@ -40,6 +40,7 @@ const (
 	KeyVaultAudience         = prefix + "vault-audience"
 	KeyVaultNamespace        = prefix + "vault-namespace"
 	KeyVaultRevokeOnShutdown = prefix + "vault-revoke-on-shutdown"
+	KeyVaultCACert           = prefix + "vault-ca-cert"
 	KeyAWSRegion             = prefix + "aws-region"
 	KeyAWSRoleARN            = prefix + "aws-role-arn"
 	KeyAllowedReaders        = spec.AnnotationAllowedReaders
@@ -85,6 +86,7 @@ var annotations = []Annotation{
 	{Key: KeyVaultAuthPath, Default: "--vault-auth-path", Description: "Mount path of Vault's Kubernetes auth method."},
 	{Key: KeyVaultAudience, Default: "--vault-audience", Description: "Audience of the projected service-account token the agent logs in to Vault with."},
 	{Key: KeyVaultNamespace, Description: "Vault Enterprise namespace."},
+	{Key: KeyVaultCACert, Description: "A private CA for Vault's TLS certificate: secret:<name>[#<key>] or configmap:<name>[#<key>] in the pod's namespace (key default ca.crt), mounted into the agent only."},
 	{Key: KeyVaultRevokeOnShutdown, Default: "false", Description: `"true" revokes dynamic-secret leases when the sidecar stops.`},
 	{Key: KeyAWSRegion, Default: "the region of an ARN source", Description: "AWS region for aws-sm and aws-ssm sources."},
 	{Key: KeyAWSRoleARN, Default: "the ServiceAccount's " + ServiceAccountRoleARN, Description: "IAM role assumed with a projected web-identity token (IRSA)."},
@@ -133,6 +135,7 @@ type settings struct {
 	initTimeout        time.Duration
 	vault              spec.Vault // Addr/AuthPath empty unless set
 	vaultAudience      string
+	vaultCA            *caSource
 	awsRegion, awsRole string
 	runAsUser          *int64
 	runAsGroup         *int64
@@ -308,6 +311,13 @@ func parseAnnotations(ann map[string]string) (*settings, error) {
 			s.vaultAudience = val
 		case KeyVaultNamespace:
 			s.vault.Namespace = strings.Trim(val, "/")
+		case KeyVaultCACert:
+			ca, err := parseCASource(val)
+			if err != nil {
+				bad(key, "%v", err)
+				continue
+			}
+			s.vaultCA = ca
 		case KeyVaultRevokeOnShutdown:
 			b, err := strconv.ParseBool(val)
 			if err != nil {
@@ -416,6 +426,25 @@ func parseAnnotations(ann map[string]string) (*settings, error) {
 		return s, fmt.Errorf("%w: %w", ErrAnnotation, errors.Join(errs...))
 	}
 	return s, nil
+}
+
+// caSource is a CA bundle in a Secret or ConfigMap of the pod's namespace.
+type caSource struct {
+	kind, name, key string // kind "secret" or "configmap"
+}
+
+var objectNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`)
+
+func parseCASource(v string) (*caSource, error) {
+	kind, rest, _ := strings.Cut(v, ":")
+	name, key, _ := strings.Cut(rest, "#")
+	if key == "" {
+		key = "ca.crt"
+	}
+	if (kind != "secret" && kind != "configmap") || !objectNameRE.MatchString(name) || len(name) > 253 || !nameRE.MatchString(key) {
+		return nil, fmt.Errorf("%q: want secret:<name>[#<key>] or configmap:<name>[#<key>]", v)
+	}
+	return &caSource{kind: kind, name: name, key: key}, nil
 }
 
 var (

@@ -23,8 +23,10 @@ import (
 // Names of the volumes only the agent mounts, and where.
 const (
 	VaultTokenVolume = "sidekey-vault-token"
+	VaultCAVolume    = "sidekey-vault-ca"
 	AWSTokenVolume   = "sidekey-aws-token"
 	vaultTokenDir    = "/var/run/secrets/sidekey.io/vault"
+	vaultCADir       = "/var/run/secrets/sidekey.io/vault-ca"
 	awsTokenDir      = "/var/run/secrets/sidekey.io/aws"
 	tokenFile        = "token"
 	awsAudience      = "sts.amazonaws.com"
@@ -129,7 +131,7 @@ func Mutate(pod *corev1.Pod, cfg *Config, facts Facts) (Result, error) {
 		return Result{Pod: pod}, fmt.Errorf("%w: a container is already named %s or %s; rename it", ErrConflict, spec.AgentContainer, spec.AgentInitContainer)
 	}
 	for _, v := range pod.Spec.Volumes {
-		if v.Name == spec.VolumeName || v.Name == VaultTokenVolume || v.Name == AWSTokenVolume {
+		if v.Name == spec.VolumeName || v.Name == VaultTokenVolume || v.Name == VaultCAVolume || v.Name == AWSTokenVolume {
 			return Result{Pod: pod}, fmt.Errorf("%w: volume %q is reserved for sidekey; rename it", ErrConflict, v.Name)
 		}
 	}
@@ -172,6 +174,7 @@ type plan struct {
 	runAs       corev1.SecurityContext
 	tmpfsSize   resource.Quantity
 	vaultAud    string
+	vaultCA     *caSource
 	tokenExpiry int64
 	awsRole     string
 	initTimeout time.Duration
@@ -256,6 +259,10 @@ func newPlan(pod *corev1.Pod, cfg *Config, facts Facts, s *settings) (*plan, err
 		}
 		if v.Role == "" {
 			bad(KeyVaultRole, "missing: a secret reads from vault; name the Vault Kubernetes auth role")
+		}
+		if s.vaultCA != nil {
+			v.CACertPath = path.Join(vaultCADir, "ca.crt")
+			p.vaultCA = s.vaultCA
 		}
 		sp.Vault = &v
 		p.vaultAud = firstNonEmpty(s.vaultAudience, cfg.VaultAudience, "vault")
@@ -466,6 +473,15 @@ func (p *plan) apply(pod *corev1.Pod) {
 	if p.spec.Vault != nil {
 		pod.Spec.Volumes = append(pod.Spec.Volumes, tokenVolume(VaultTokenVolume, p.vaultAud, p.tokenExpiry))
 		mounts = append(mounts, corev1.VolumeMount{Name: VaultTokenVolume, MountPath: vaultTokenDir, ReadOnly: true})
+		if ca := p.vaultCA; ca != nil {
+			items := []corev1.KeyToPath{{Key: ca.key, Path: "ca.crt"}}
+			vs := corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: ca.name, Items: items}}
+			if ca.kind == "configmap" {
+				vs = corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: ca.name}, Items: items}}
+			}
+			pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: VaultCAVolume, VolumeSource: vs})
+			mounts = append(mounts, corev1.VolumeMount{Name: VaultCAVolume, MountPath: vaultCADir, ReadOnly: true})
+		}
 	}
 	if p.awsRole != "" {
 		pod.Spec.Volumes = append(pod.Spec.Volumes, tokenVolume(AWSTokenVolume, awsAudience, p.tokenExpiry))

@@ -303,6 +303,7 @@ func TestMutateRefuses(t *testing.T) {
 		{"touch outside", map[string]string{KeyInject: "true", KeySecret + "a": "vault:a", KeyOnChange: "touch:/tmp/x"}, nil, []string{"under the mount path"}},
 		{"aws no region", map[string]string{KeyInject: "true", KeySecret + "a": "aws-ssm:/x"}, nil, []string{"sidekey.io/aws-region: missing"}},
 		{"aws bad role", map[string]string{KeyInject: "true", KeySecret + "a": "aws-ssm:/x", KeyAWSRegion: "eu-west-1", KeyAWSRoleARN: "admin"}, nil, []string{"sidekey.io/aws-role-arn:", "IAM role ARN"}},
+		{"vault ca", map[string]string{KeyInject: "true", KeySecret + "a": "vault:a", KeyVaultCACert: "file:/etc/ca.pem"}, nil, []string{"sidekey.io/vault-ca-cert:", "secret:<name>"}},
 		{"run as root", map[string]string{KeyInject: "true", KeySecret + "a": "vault:a", KeyRunAsUser: "0"}, nil, []string{"other than 0"}},
 		{"system mount path", map[string]string{KeyInject: "true", KeySecret + "a": "vault:a", KeyMountPath: "/etc"}, nil, []string{"sidekey.io/mount-path:"}},
 		{"agent container exists", map[string]string{KeyInject: "true", KeyVaultRole: "r", KeySecret + "a": "vault:a"},
