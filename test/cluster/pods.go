@@ -107,6 +107,22 @@ func Running(container string) func(*corev1.Pod) (bool, error) {
 	}
 }
 
+// Created is a WaitPod condition: the named container's process runs, whether or not its
+// startup probe has passed yet. A pod that has failed is an error.
+func Created(container string) func(*corev1.Pod) (bool, error) {
+	return func(p *corev1.Pod) (bool, error) {
+		if p.Status.Phase == corev1.PodFailed {
+			return false, fmt.Errorf("phase Failed: %s", p.Status.Message)
+		}
+		for _, s := range slices.Concat(p.Status.InitContainerStatuses, p.Status.ContainerStatuses) {
+			if s.Name == container && s.State.Running != nil {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
+}
+
 // Phase is a WaitPod condition: the pod reached the phase; another final phase is an error.
 func Phase(want corev1.PodPhase) func(*corev1.Pod) (bool, error) {
 	return func(p *corev1.Pod) (bool, error) {

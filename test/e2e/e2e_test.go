@@ -302,7 +302,7 @@ func (e *env) testVaultDown(t *testing.T) {
 	p := e.create(t, pod)
 
 	// The agent runs and retries; the app must not start for a while.
-	e.wait(t, p, 60*time.Second, cluster.Running(spec.AgentContainer))
+	e.wait(t, p, 60*time.Second, cluster.Created(spec.AgentContainer))
 	deadline := time.Now().Add(8 * time.Second)
 	for time.Now().Before(deadline) {
 		cur, err := e.c.Client.CoreV1().Pods(ns).Get(context.Background(), p.Name, metav1.GetOptions{})
