@@ -151,6 +151,9 @@ type scan struct {
 	found    []rawFinding
 	problems []report.Problem
 
+	// compressed: read layers through Compressed() (see StoredCompressed).
+	compressed bool
+
 	files, bytes, skipped, archives atomic.Int64
 	layers, layersDone              atomic.Int64
 }

@@ -2,6 +2,8 @@ package detector
 
 import (
 	"archive/tar"
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,6 +16,8 @@ import (
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/sidekey/sidekey/detector/archive"
 	"github.com/sidekey/sidekey/detector/report"
@@ -35,6 +39,9 @@ func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*r
 
 	s := d.newScan(ctx)
 	s.layers.Store(int64(len(layers)))
+	if sc, ok := img.(StoredCompressed); ok {
+		s.compressed = sc.LayersStoredCompressed()
+	}
 	stop := make(chan struct{})
 	go s.progress(stop)
 
@@ -130,7 +137,7 @@ func layerHistory(cf *v1.ConfigFile, n int) []string {
 // layer streams one layer: every entry goes into idx, every regular file is scanned, and
 // the uncompressed content is checked against the layer's diff_id.
 func (s *scan) layer(t *target, l v1.Layer, idx *layerIndex) {
-	rc, err := l.Uncompressed()
+	rc, err := s.openLayer(l)
 	if err != nil {
 		s.problem(t, true, "open layer: %v", err)
 		return
@@ -200,6 +207,54 @@ func (s *scan) layer(t *target, l v1.Layer, idx *layerIndex) {
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); t.info.diffID != "" && got != t.info.diffID {
 		s.problem(t, true, "layer content has digest %s but the image config says diff_id %s: the layer is corrupt or was tampered with", got, t.info.diffID)
 	}
+}
+
+// StoredCompressed is implemented by images whose layers' Compressed() returns the stored
+// blob as it is (OCI layouts, registries), rather than compressing on the fly (the
+// uncompressed layers of `docker save`). Such layers are decompressed here, with klauspost's
+// gzip and zstd, about twice as fast as go-containerregistry's standard-library gzip.
+type StoredCompressed interface {
+	LayersStoredCompressed() bool
+}
+
+func (s *scan) openLayer(l v1.Layer) (io.ReadCloser, error) {
+	if !s.compressed {
+		return l.Uncompressed()
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	br := bufio.NewReaderSize(rc, 256<<10)
+	magic, _ := br.Peek(4)
+	var r io.Reader = br
+	switch {
+	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			rc.Close()
+			return nil, fmt.Errorf("gzip: %w", err)
+		}
+		r = zr
+	case bytes.Equal(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+		if err != nil {
+			rc.Close()
+			return nil, fmt.Errorf("zstd: %w", err)
+		}
+		return readCloser{zr.IOReadCloser(), rc}, nil
+	}
+	return readCloser{io.NopCloser(r), rc}, nil
+}
+
+type readCloser struct {
+	io.ReadCloser
+	under io.Closer
+}
+
+func (r readCloser) Close() error {
+	r.ReadCloser.Close()
+	return r.under.Close()
 }
 
 func climbs(name string) bool {

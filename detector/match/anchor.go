@@ -23,7 +23,7 @@ const semiGeneric = `(?i)[\w.-]{0,50}?`
 // Anchored runs cost a few bytes per hit instead of a regex pass over every line that
 // mentions "key", "token" or "s.".
 type anchoring struct {
-	re           *regexp.Regexp
+	re           *finder
 	back         int  // >0: extend the match backwards over up to back [\w.-] bytes
 	wordBoundary bool // the pattern starts with \b: the byte before the hit must not be a word byte
 }
@@ -38,7 +38,7 @@ func anchorFor(r config.Rule) *anchoring {
 		if err != nil || re.NumSubexp() != r.Regex.NumSubexp() {
 			return nil
 		}
-		return &anchoring{re: re, back: 50}
+		return &anchoring{re: newFinder(re), back: 50}
 	}
 	prefixes, wb, ok := literalPrefixes(src)
 	if !ok {
@@ -61,7 +61,7 @@ func anchorFor(r config.Rule) *anchoring {
 	if err != nil || re.NumSubexp() != r.Regex.NumSubexp() {
 		return nil
 	}
-	return &anchoring{re: re, wordBoundary: wb}
+	return &anchoring{re: newFinder(re), wordBoundary: wb}
 }
 
 // literalPrefixes returns the literal every match of src starts with, one per alternative,

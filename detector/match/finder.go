@@ -34,6 +34,19 @@ func (f *finder) FindAllSubmatchIndex(b []byte, n int) [][]int {
 	return f.re2.FindAllSubmatchIndex(b, n)
 }
 
+// FindSubmatchIndex is regexp's, with the same choice of engine.
+func (f *finder) FindSubmatchIndex(b []byte) []int {
+	f.once.Do(func() {
+		if re, err := re2.Compile(f.std.String()); err == nil {
+			f.re2 = re
+		}
+	})
+	if f.re2 == nil || !utf8.Valid(b) {
+		return f.std.FindSubmatchIndex(b)
+	}
+	return f.re2.FindSubmatchIndex(b)
+}
+
 type stringMatcher interface{ MatchString(string) bool }
 
 // compileMatcher compiles src with RE2, falling back to the allowlist's own check.

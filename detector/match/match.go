@@ -357,6 +357,9 @@ func (s *Scanner) runAnchored(r *rule, path string, data []byte, startLine int) 
 		if a.wordBoundary && pos > 0 && isWordByte(data[pos-1]) {
 			continue
 		}
+		if a.back > 0 && !assignmentNear(data, h.end) {
+			continue
+		}
 		// The match may run to the end of the line after the hit's (an assignment may
 		// break a line), never further than forward bytes.
 		end := min(len(data), pos+forward)
@@ -384,6 +387,14 @@ func (s *Scanner) runAnchored(r *rule, path string, data []byte, startLine int) 
 		last = pos + m[1]
 		s.accept(r, path, pos, m, startLine)
 	}
+}
+
+// assignmentNear reports whether one of the operators a semi-generic rule needs after its
+// keyword (=, :, >, |, ,) follows within reach: the keyword's alternative may be up to ~30
+// bytes longer than the keyword hit, then come up to 20 identifier and 3 quote or space bytes.
+func assignmentNear(data []byte, from int) bool {
+	to := min(len(data), from+56)
+	return bytes.IndexAny(data[from:to], "=:>|,") >= 0
 }
 
 // accept applies gitleaks' per-match checks to the match m (submatch offsets from base) of

@@ -48,6 +48,11 @@ type Image struct {
 	close func() error
 }
 
+// LayersStoredCompressed reports whether Compressed() returns the layers as stored: true for
+// OCI layouts and registries, false for docker-archive (whose layers may be uncompressed,
+// and which go-containerregistry would compress to produce Compressed()).
+func (i *Image) LayersStoredCompressed() bool { return i.Kind != DockerArchive }
+
 // Close releases the image's files.
 func (i *Image) Close() error {
 	if i.close == nil {
