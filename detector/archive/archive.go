@@ -16,6 +16,7 @@ import (
 	"io"
 	"path"
 	"strings"
+	"sync"
 
 	"github.com/klauspost/compress/gzip"
 )
@@ -130,15 +131,35 @@ func walkTar(r io.Reader, fn FileFunc) error {
 	}
 }
 
+// Readers are reused: images hold thousands of small gzip files (man pages, changelogs).
+var (
+	gzipReaders sync.Pool // *gzip.Reader
+	bufReaders  = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+)
+
 func walkGzip(r io.Reader, name string, b *Budget, fn FileFunc) error {
 	in := &countReader{r: r}
-	zr, err := gzip.NewReader(in)
+	var zr *gzip.Reader
+	var err error
+	if pooled, ok := gzipReaders.Get().(*gzip.Reader); ok {
+		zr, err = pooled, pooled.Reset(in)
+	} else {
+		zr, err = gzip.NewReader(in)
+	}
 	if err != nil {
 		return fmt.Errorf("read gzip: %w", err)
 	}
-	defer zr.Close()
+	defer func() {
+		zr.Close()
+		gzipReaders.Put(zr)
+	}()
 	out := &capReader{r: zr, in: in, b: b}
-	br := bufio.NewReaderSize(out, 64<<10)
+	br := bufReaders.Get().(*bufio.Reader)
+	br.Reset(out)
+	defer func() {
+		br.Reset(nil)
+		bufReaders.Put(br)
+	}()
 	head, _ := br.Peek(HeadSize)
 	if Sniff(head) == Tar {
 		return walkTar(br, fn)
