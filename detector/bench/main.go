@@ -64,7 +64,7 @@ func main() {
 
 	skReport := filepath.Join(wd, "sidekey.json")
 	sk := timed(*sidekey, "detect", "image", "oci:"+imgDir, "--format", "json", "--output", skReport, "--progress", "never", "--ignore-file", "")
-	log.Printf("sidekey detect image: %s wall, %.0f MiB peak RSS, exit %d", sk.wall.Round(10*time.Millisecond), float64(sk.rssKiB)/1024, sk.exit)
+	log.Printf("sidekey detect image: %s wall, %s CPU, %.0f MiB peak RSS, exit %d", sk.wall.Round(10*time.Millisecond), sk.cpu.Round(10*time.Millisecond), float64(sk.rssKiB)/1024, sk.exit)
 	var rep struct {
 		Findings []struct {
 			Rule, Path, Status string
@@ -92,7 +92,7 @@ func main() {
 
 	glReport := filepath.Join(wd, "gitleaks.json")
 	gl := timed(*gitleaks, "dir", flat, "--report-format", "json", "--report-path", glReport, "--no-banner", "--exit-code", "0", "--log-level", "error")
-	log.Printf("gitleaks dir: %s wall, %.0f MiB peak RSS, exit %d", gl.wall.Round(10*time.Millisecond), float64(gl.rssKiB)/1024, gl.exit)
+	log.Printf("gitleaks dir: %s wall, %s CPU, %.0f MiB peak RSS, exit %d", gl.wall.Round(10*time.Millisecond), gl.cpu.Round(10*time.Millisecond), float64(gl.rssKiB)/1024, gl.exit)
 	var theirs []struct {
 		RuleID    string
 		File      string
@@ -114,8 +114,9 @@ func main() {
 		}
 	}
 	log.Printf("parity: gitleaks %d findings on the flattened filesystem, sidekey missed %d of them", len(theirs), missed)
-	log.Printf("RESULT sidekey/gitleaks wall time ratio %.3f (1/%.1f), sidekey peak RSS %.0f MiB",
-		sk.wall.Seconds()/gl.wall.Seconds(), gl.wall.Seconds()/sk.wall.Seconds(), float64(sk.rssKiB)/1024)
+	log.Printf("RESULT sidekey/gitleaks wall time ratio %.3f (1/%.1f), CPU time ratio %.3f (1/%.1f), sidekey peak RSS %.0f MiB",
+		sk.wall.Seconds()/gl.wall.Seconds(), gl.wall.Seconds()/sk.wall.Seconds(),
+		sk.cpu.Seconds()/gl.cpu.Seconds(), gl.cpu.Seconds()/sk.cpu.Seconds(), float64(sk.rssKiB)/1024)
 }
 
 // buildImage makes one layer per directory, a layer of known secrets, a layer deleting one
@@ -249,6 +250,7 @@ func flatten(img v1.Image, dir string) (files int, size int64) {
 
 type measurement struct {
 	wall   time.Duration
+	cpu    time.Duration // user + system
 	rssKiB int64
 	exit   int
 }
@@ -256,6 +258,8 @@ type measurement struct {
 var (
 	reWall = regexp.MustCompile(`Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)`)
 	reRSS  = regexp.MustCompile(`Maximum resident set size \(kbytes\): (\d+)`)
+	reUser = regexp.MustCompile(`User time \(seconds\): (\S+)`)
+	reSys  = regexp.MustCompile(`System time \(seconds\): (\S+)`)
 )
 
 // timed runs a command under /usr/bin/time -v.
@@ -279,6 +283,12 @@ func timed(name string, args ...string) measurement {
 	}
 	m.wall = parseClock(w[1])
 	m.rssKiB, _ = strconv.ParseInt(r[1], 10, 64)
+	for _, re := range []*regexp.Regexp{reUser, reSys} {
+		if v := re.FindStringSubmatch(out); v != nil {
+			f, _ := strconv.ParseFloat(v[1], 64)
+			m.cpu += time.Duration(f * float64(time.Second))
+		}
+	}
 	return m
 }
 
