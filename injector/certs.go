@@ -17,6 +17,7 @@ import (
 	"math/big"
 	"net"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -81,8 +82,9 @@ type SelfManagedTLS struct {
 	Log         *slog.Logger
 	Now         func() time.Time // default time.Now
 
-	current atomic.Pointer[tls.Certificate]
-	ready   atomic.Bool
+	current  atomic.Pointer[tls.Certificate]
+	ready    atomic.Bool
+	defaultd sync.Once
 }
 
 // ServiceDNSNames are the names a Service answers to inside the cluster.
@@ -97,7 +99,9 @@ func (m *SelfManagedTLS) now() time.Time {
 	return time.Now()
 }
 
-func (m *SelfManagedTLS) defaults() {
+func (m *SelfManagedTLS) defaults() { m.defaultd.Do(m.setDefaults) }
+
+func (m *SelfManagedTLS) setDefaults() {
 	if m.CALifetime <= 0 {
 		m.CALifetime = 5 * 365 * 24 * time.Hour
 	}
