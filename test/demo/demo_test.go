@@ -161,7 +161,7 @@ func TestDemo(t *testing.T) {
 		if e.Name == spec.EnvVar {
 			var s spec.Spec
 			must(t, json.Unmarshal([]byte(e.Value), &s))
-			say("agent spec (%s): mode %s, refresh %s, on change %s %s %s", spec.EnvVar, s.Mode, s.Refresh, s.OnChange.Kind, s.OnChange.Container, s.OnChange.Signal)
+			say("agent spec (%s): mode %s, refresh %s, on change %s %s %s", spec.EnvVar, s.Mode, time.Duration(s.Refresh), s.OnChange.Kind, s.OnChange.Container, s.OnChange.Signal)
 			for _, sec := range s.Secrets {
 				say("  %s/%s mode %s uid %d gid %d <- %s", s.MountPath, sec.File, sec.Mode, *sec.UID, *sec.GID, sec.Source)
 			}
