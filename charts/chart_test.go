@@ -234,6 +234,28 @@ func TestServerDryRun(t *testing.T) {
 			}
 		})
 	}
+	// The dry-run is a real check: the API server refuses what it would refuse on install.
+	t.Run("refuses broken objects", func(t *testing.T) {
+		objs, err := apply.Objects([]byte(render(t, "default")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range objs {
+			switch o.GetKind() {
+			case "MutatingWebhookConfiguration":
+				hooks, _, _ := unstructured.NestedSlice(o.Object, "webhooks")
+				hooks[0].(map[string]any)["matchConditions"] = []any{map[string]any{"name": "bad", "expression": "object.metadata.("}}
+				_ = unstructured.SetNestedSlice(o.Object, hooks, "webhooks")
+			case "Deployment":
+				_ = unstructured.SetNestedField(o.Object, int64(-1), "spec", "replicas")
+			default:
+				continue
+			}
+			if err := c.DryRun(ctx, namespace, o); err == nil {
+				t.Errorf("%s with a broken field: dry-run accepted it", o.GetKind())
+			}
+		}
+	})
 	t.Run("helm install", func(t *testing.T) {
 		kc := testenv.Kubeconfig(t, cfg)
 		if out, err := helm(t, "install", release, chartDir, "--kubeconfig", kc, "--namespace", "sidekey-install", "--create-namespace"); err != nil {
