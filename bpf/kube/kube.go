@@ -237,8 +237,18 @@ func (w *Watcher) PodWatch(pod *corev1.Pod) (policy.Watch, []string, error) {
 	}
 	var readers []policy.Reader
 	seen := map[bpf.FileID]bool{}
+	ephemeral := map[string]bool{}
+	for _, c := range pod.Spec.EphemeralContainers {
+		ephemeral[c.Name] = true
+	}
 	for _, c := range sortedKeys(pids) {
 		w.noteRoot(pod, c, pids[c])
+		if ephemeral[c] {
+			// A debug container (kubectl debug) is what the probe is for: its image's
+			// /bin/sh or /bin/busybox must not become an allowed reader because the
+			// app's image has one at the same path.
+			continue
+		}
 		for _, p := range paths {
 			id, err := bpf.StatID(filepath.Join(w.cfg.ProcRoot, strconv.Itoa(pids[c]), "root", p))
 			if err != nil {

@@ -257,6 +257,48 @@ func TestWatcherFollowsPods(t *testing.T) {
 		return false
 	})
 
+	// A debug container (kubectl debug) whose image also has /bin/app: not an allowed
+	// reader there, killed when it reads.
+	dbg := startContainer(t, string(app.UID))
+	app.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
+		Name: "debugger", Image: "busybox:1", TerminationMessagePolicy: corev1.TerminationMessageReadFile, ImagePullPolicy: corev1.PullNever,
+	}}}
+	if app, err = client.CoreV1().Pods("default").UpdateEphemeralContainers(ctx, "app", app, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	app.Status.EphemeralContainerStatuses = []corev1.ContainerStatus{{
+		Name: "debugger", ContainerID: "containerd://" + dbg.id,
+		State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}},
+	}}
+	if app, err = client.CoreV1().Pods("default").UpdateStatus(ctx, app, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	dbgApp, _ := bpf.StatID(filepath.Join(dbg.root, "bin/app"))
+	waitFor(t, "the debug container resolved", func() bool { return w.ContainerOf(0, dbgApp, string(app.UID)) == "debugger" })
+	got, _ = state.Get(string(app.UID))
+	if diff := cmp.Diff(wantReaders, got.Readers); diff != "" || !got.Enforce {
+		t.Errorf("readers with a debug container (-want +got):\n%s; enforce %t", diff, got.Enforce)
+	}
+	dbgSecrets := filepath.Join(dbg.root, "secrets")
+	if err := os.Mkdir(dbgSecrets, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(dir, dbgSecrets, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(dbgSecrets, unix.MNT_DETACH) })
+	if out, err := dbg.exec(t, "/bin/app", "cat", "/secrets/token"); err == nil || out != "" {
+		t.Fatalf("/bin/app of the debug container read %q, %v; want killed", out, err)
+	}
+	select {
+	case r := <-records:
+		if r.Verdict != "deny" || r.Container != "debugger" || r.Exe != "/bin/app" {
+			t.Errorf("record = %+v; want deny of /bin/app in container debugger", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no record for the debug container's read")
+	}
+
 	// The pod goes away: its device is unwatched.
 	if err := client.CoreV1().Pods("default").Delete(ctx, "app", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
