@@ -155,6 +155,13 @@ type secretSettings struct {
 	modeSet  bool
 }
 
+// problems collects what is wrong with a pod, each naming the annotation to fix.
+type problems []error
+
+func (ps *problems) add(key, format string, a ...any) {
+	*ps = append(*ps, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, a...)))
+}
+
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$`)
 
 // perSecret are the prefixes of per-secret keys, longest first so "mode." is not taken for "mode".
@@ -172,10 +179,8 @@ func parseAnnotations(ann map[string]string) (*settings, error) {
 		}
 		return byName[name]
 	}
-	var errs []error
-	bad := func(key, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, a...)))
-	}
+	var errs problems
+	bad := errs.add
 	keys := make([]string, 0, len(ann))
 	for k := range ann {
 		if strings.HasPrefix(k, prefix) {

@@ -183,10 +183,8 @@ type plan struct {
 }
 
 func newPlan(pod *corev1.Pod, cfg *Config, facts Facts, s *settings) (*plan, error) {
-	var errs []error
-	bad := func(key, format string, a ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, a...)))
-	}
+	var errs problems
+	bad := errs.add
 	p := &plan{native: cfg.NativeSidecars, targets: map[string]bool{}, image: cfg.AgentImage,
 		tmpfsSize: cfg.TmpfsSizeLimit, initTimeout: s.initTimeout, env: cfg.AgentEnv}
 	if len(s.secrets) == 0 {
@@ -229,62 +227,11 @@ func newPlan(pod *corev1.Pod, cfg *Config, facts Facts, s *settings) (*plan, err
 		p.warnings = append(p.warnings, fmt.Sprintf("%s: sidecar in a Job's pod keeps the pod running after the job's containers exit on clusters without native sidecars; consider init-only", KeyMode))
 	}
 
-	// Backends.
-	var usesVault, usesAWS bool
-	arnRegion := ""
-	for _, sec := range s.secrets {
-		for _, src := range secretSources(sec) {
-			switch src.Backend {
-			case spec.BackendVault:
-				usesVault = true
-			case spec.BackendAWSSM, spec.BackendAWSSSM:
-				usesAWS = true
-				if parts := strings.Split(src.Path, ":"); len(parts) > 4 && strings.HasPrefix(src.Path, "arn:") && arnRegion == "" {
-					arnRegion = parts[3]
-				}
-			}
-		}
-	}
 	sp := &spec.Spec{Version: spec.Version, MountPath: s.mountPath, Mode: mode, OnChange: s.onChange, HealthAddr: spec.DefaultHealthAddr}
 	if mode == spec.ModeSidecar {
 		sp.Refresh = spec.Duration(s.refresh)
 	}
-	if usesVault {
-		v := s.vault
-		v.Addr = firstNonEmpty(v.Addr, cfg.VaultAddr)
-		v.AuthPath = firstNonEmpty(v.AuthPath, cfg.VaultAuthPath, "auth/kubernetes")
-		v.TokenPath = path.Join(vaultTokenDir, tokenFile)
-		if v.Addr == "" {
-			bad(KeyVaultAddr, "missing: a secret reads from vault and the webhook has no --vault-addr default")
-		}
-		if v.Role == "" {
-			bad(KeyVaultRole, "missing: a secret reads from vault; name the Vault Kubernetes auth role")
-		}
-		if s.vaultCA != nil {
-			v.CACertPath = path.Join(vaultCADir, "ca.crt")
-			p.vaultCA = s.vaultCA
-		}
-		sp.Vault = &v
-		p.vaultAud = firstNonEmpty(s.vaultAudience, cfg.VaultAudience, "vault")
-	}
-	if usesAWS {
-		a := &spec.AWS{Region: firstNonEmpty(s.awsRegion, arnRegion)}
-		if a.Region == "" {
-			bad(KeyAWSRegion, "missing: a secret reads from aws-sm or aws-ssm; name the region such as eu-west-1")
-		}
-		a.RoleARN = s.awsRole
-		if a.RoleARN == "" && facts.ServiceAccountRoleARN != "" {
-			if !roleARNRE.MatchString(facts.ServiceAccountRoleARN) {
-				bad(KeyAWSRoleARN, "missing, and the ServiceAccount's %s %q is not an IAM role ARN", ServiceAccountRoleARN, facts.ServiceAccountRoleARN)
-			}
-			a.RoleARN = facts.ServiceAccountRoleARN
-		}
-		if a.RoleARN != "" {
-			a.TokenPath = path.Join(awsTokenDir, tokenFile)
-			p.awsRole = a.RoleARN
-		}
-		sp.AWS = a
-	}
+	errs = append(errs, p.backends(sp, cfg, facts, s)...)
 
 	// on-change signal: the agent must see the app's processes.
 	if oc := s.onChange; oc.Kind == spec.OnChangeSignal {
@@ -296,58 +243,8 @@ func newPlan(pod *corev1.Pod, cfg *Config, facts Facts, s *settings) (*plan, err
 		}
 	}
 
-	// Who owns the files, and whom the agent runs as.
-	ownerName := ""
-	if s.onChange.Kind == spec.OnChangeSignal {
-		ownerName = s.onChange.Container
-	} else {
-		for _, c := range append(slices.Clone(pod.Spec.InitContainers), pod.Spec.Containers...) {
-			if p.targets[c.Name] {
-				ownerName = c.Name
-				break
-			}
-		}
-	}
-	uid, gid := effectiveIDs(pod, ownerName)
-	if s.runAsUser != nil {
-		uid = s.runAsUser
-	}
-	var fileUID, fileGID *int64
-	agentUID := cfg.AgentUID
-	if agentUID == 0 {
-		agentUID = DefaultAgentUID
-	}
-	if uid != nil && *uid != 0 {
-		fileUID, agentUID = uid, *uid
-	}
-	agentGID := agentUID
-	switch {
-	case s.runAsGroup != nil:
-		fileGID, agentGID = s.runAsGroup, *s.runAsGroup
-	case pod.Spec.SecurityContext != nil && pod.Spec.SecurityContext.FSGroup != nil:
-		fileGID = pod.Spec.SecurityContext.FSGroup // every container of the pod has it as a supplementary group
-		if gid != nil {
-			agentGID = *gid
-		}
-	case gid != nil:
-		fileGID, agentGID = gid, *gid
-	}
-	p.runAs = corev1.SecurityContext{RunAsUser: &agentUID, RunAsGroup: &agentGID}
-	explicitModes := true
-	for _, sec := range s.secrets {
-		explicitModes = explicitModes && sec.modeSet
-	}
-	if !explicitModes && ownerName != "" {
-		if uid == nil {
-			p.warnings = append(p.warnings, fmt.Sprintf("container %q sets no runAsUser, so sidekey cannot tell who reads the files (mode 0400, owner %d); set securityContext.runAsUser or %s", ownerName, agentUID, KeyRunAsUser))
-		}
-		for _, c := range pod.Spec.Containers {
-			if other, _ := effectiveIDs(pod, c.Name); p.targets[c.Name] && c.Name != ownerName && other != nil && uid != nil && *other != *uid && *other != 0 {
-				p.warnings = append(p.warnings, fmt.Sprintf("containers %q and %q run as different users; the files belong to user %d; give both a pod fsGroup and %s<name>: \"0440\"", ownerName, c.Name, *uid, KeyFileMode))
-			}
-		}
-	}
-
+	fileUID, fileGID, warnings := p.ownership(pod, cfg, s)
+	p.warnings = append(p.warnings, warnings...)
 	if pod.Spec.HostNetwork {
 		p.warnings = append(p.warnings, fmt.Sprintf("hostNetwork: the agent's health address %s is the node's loopback, so two such pods on one node collide", spec.DefaultHealthAddr))
 	}
@@ -411,6 +308,124 @@ func newPlan(pod *corev1.Pod, cfg *Config, facts Facts, s *settings) (*plan, err
 	}
 	p.spec, p.specJSON = sp, string(b)
 	return p, nil
+}
+
+// backends fills in how the agent reaches Vault and AWS, for the backends the secrets read.
+func (p *plan) backends(sp *spec.Spec, cfg *Config, facts Facts, s *settings) []error {
+	var errs problems
+	bad := errs.add
+	var usesVault, usesAWS bool
+	arnRegion := ""
+	for _, sec := range s.secrets {
+		for _, src := range secretSources(sec) {
+			switch src.Backend {
+			case spec.BackendVault:
+				usesVault = true
+			case spec.BackendAWSSM, spec.BackendAWSSSM:
+				usesAWS = true
+				if parts := strings.Split(src.Path, ":"); len(parts) > 4 && strings.HasPrefix(src.Path, "arn:") && arnRegion == "" {
+					arnRegion = parts[3]
+				}
+			}
+		}
+	}
+	if usesVault {
+		v := s.vault
+		v.Addr = firstNonEmpty(v.Addr, cfg.VaultAddr)
+		v.AuthPath = firstNonEmpty(v.AuthPath, cfg.VaultAuthPath, "auth/kubernetes")
+		v.TokenPath = path.Join(vaultTokenDir, tokenFile)
+		if v.Addr == "" {
+			bad(KeyVaultAddr, "missing: a secret reads from vault and the webhook has no --vault-addr default")
+		}
+		if v.Role == "" {
+			bad(KeyVaultRole, "missing: a secret reads from vault; name the Vault Kubernetes auth role")
+		}
+		if s.vaultCA != nil {
+			v.CACertPath = path.Join(vaultCADir, "ca.crt")
+			p.vaultCA = s.vaultCA
+		}
+		sp.Vault = &v
+		p.vaultAud = firstNonEmpty(s.vaultAudience, cfg.VaultAudience, "vault")
+	}
+	if usesAWS {
+		a := &spec.AWS{Region: firstNonEmpty(s.awsRegion, arnRegion)}
+		if a.Region == "" {
+			bad(KeyAWSRegion, "missing: a secret reads from aws-sm or aws-ssm; name the region such as eu-west-1")
+		}
+		a.RoleARN = s.awsRole
+		if a.RoleARN == "" && facts.ServiceAccountRoleARN != "" {
+			if !roleARNRE.MatchString(facts.ServiceAccountRoleARN) {
+				bad(KeyAWSRoleARN, "missing, and the ServiceAccount's %s %q is not an IAM role ARN", ServiceAccountRoleARN, facts.ServiceAccountRoleARN)
+			}
+			a.RoleARN = facts.ServiceAccountRoleARN
+		}
+		if a.RoleARN != "" {
+			a.TokenPath = path.Join(awsTokenDir, tokenFile)
+			p.awsRole = a.RoleARN
+		}
+		sp.AWS = a
+	}
+
+	return errs
+}
+
+// ownership decides who owns the files and whom the agent runs as: the user of the container
+// that reads them (or is signalled), so a non-root app reads 0400 files without extra settings,
+// and the pod's fsGroup (else that container's group). It sets p.runAs and returns the files'
+// owner, with warnings where it cannot tell.
+func (p *plan) ownership(pod *corev1.Pod, cfg *Config, s *settings) (fileUID, fileGID *int64, warnings []string) {
+	ownerName := ""
+	if s.onChange.Kind == spec.OnChangeSignal {
+		ownerName = s.onChange.Container
+	} else {
+		for _, c := range append(slices.Clone(pod.Spec.InitContainers), pod.Spec.Containers...) {
+			if p.targets[c.Name] {
+				ownerName = c.Name
+				break
+			}
+		}
+	}
+	uid, gid := effectiveIDs(pod, ownerName)
+	if s.runAsUser != nil {
+		uid = s.runAsUser
+	}
+	agentUID := cfg.AgentUID
+	if agentUID == 0 {
+		agentUID = DefaultAgentUID
+	}
+	if uid != nil && *uid != 0 {
+		fileUID, agentUID = uid, *uid
+	}
+	agentGID := agentUID
+	switch {
+	case s.runAsGroup != nil:
+		fileGID, agentGID = s.runAsGroup, *s.runAsGroup
+	case pod.Spec.SecurityContext != nil && pod.Spec.SecurityContext.FSGroup != nil:
+		fileGID = pod.Spec.SecurityContext.FSGroup // every container of the pod has it as a supplementary group
+		if gid != nil {
+			agentGID = *gid
+		}
+	case gid != nil:
+		fileGID, agentGID = gid, *gid
+	}
+	p.runAs = corev1.SecurityContext{RunAsUser: &agentUID, RunAsGroup: &agentGID}
+
+	explicitModes := true
+	for _, sec := range s.secrets {
+		explicitModes = explicitModes && sec.modeSet
+	}
+	if explicitModes || ownerName == "" {
+		return fileUID, fileGID, nil
+	}
+	if uid == nil {
+		warnings = append(warnings, fmt.Sprintf("container %q sets no runAsUser, so sidekey cannot tell who reads the files (mode 0400, owner %d); set securityContext.runAsUser or %s", ownerName, agentUID, KeyRunAsUser))
+	}
+	for _, c := range pod.Spec.Containers {
+		if other, _ := effectiveIDs(pod, c.Name); p.targets[c.Name] && c.Name != ownerName && other != nil && uid != nil && *other != *uid && *other != 0 {
+			warnings = append(warnings, fmt.Sprintf("containers %q and %q run as different users; the files belong to user %d; give both a pod fsGroup and %s<name>: \"0440\"", ownerName, c.Name, *uid, KeyFileMode))
+		}
+	}
+	return fileUID, fileGID, warnings
 }
 
 func secretSources(s *secretSettings) []spec.Source {
