@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -296,6 +297,31 @@ func TestAPIServer(t *testing.T) {
 		}
 		if p.Annotations[KeyStatus] != spec.StatusInjected {
 			t.Errorf("pod not injected")
+		}
+	})
+
+	t.Run("the API server accepts every golden mutation", func(t *testing.T) {
+		// Native and legacy layouts, templates, AWS, CA volumes, signal: validated for real
+		// (server-side dry run, in a namespace the webhook does not watch).
+		if _, err := c.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "offline"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		files, _ := filepath.Glob("testdata/*.pod.yaml")
+		n := 0
+		for _, file := range files {
+			pod, cfg, facts := readCase(t, file)
+			res, err := Mutate(pod, &cfg, facts)
+			if err != nil || !res.Injected {
+				continue
+			}
+			n++
+			res.Pod.Namespace = "offline"
+			if _, err := c.cs.CoreV1().Pods("offline").Create(ctx, res.Pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+				t.Errorf("%s: the API server refuses the mutated pod: %v", file, err)
+			}
+		}
+		if n < 5 {
+			t.Errorf("only %d golden cases inject", n)
 		}
 	})
 
