@@ -34,17 +34,11 @@ func (f *finder) FindAllSubmatchIndex(b []byte, n int) [][]int {
 	return f.re2.FindAllSubmatchIndex(b, n)
 }
 
-// FindSubmatchIndex is regexp's, with the same choice of engine.
+// FindSubmatchIndex is for anchored runs on a few hundred bytes at a keyword hit: the
+// standard library, whose per-call cost is lower than RE2's through WebAssembly, and which
+// needs no WebAssembly module instance per rule.
 func (f *finder) FindSubmatchIndex(b []byte) []int {
-	f.once.Do(func() {
-		if re, err := re2.Compile(f.std.String()); err == nil {
-			f.re2 = re
-		}
-	})
-	if f.re2 == nil || !utf8.Valid(b) {
-		return f.std.FindSubmatchIndex(b)
-	}
-	return f.re2.FindSubmatchIndex(b)
+	return f.std.FindSubmatchIndex(b)
 }
 
 type stringMatcher interface{ MatchString(string) bool }
