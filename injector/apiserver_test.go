@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,10 +15,13 @@ import (
 	"time"
 
 	admregv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/sidekey/sidekey/injector/spec"
 	"github.com/sidekey/sidekey/internal/testenv"
@@ -322,6 +326,62 @@ func TestAPIServer(t *testing.T) {
 		}
 		if n < 5 {
 			t.Errorf("only %d golden cases inject", n)
+		}
+	})
+
+	t.Run("the API server accepts sidekey inject output", func(t *testing.T) {
+		b, err := os.ReadFile("testdata/workloads.golden.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
+		var create func(runtime.Object) error
+		create = func(obj runtime.Object) error {
+			var err error
+			switch o := obj.(type) {
+			case *appsv1.Deployment:
+				_, err = c.cs.AppsV1().Deployments("offline").Create(ctx, o, dry)
+			case *appsv1.StatefulSet:
+				_, err = c.cs.AppsV1().StatefulSets("offline").Create(ctx, o, dry)
+			case *appsv1.DaemonSet:
+				_, err = c.cs.AppsV1().DaemonSets("offline").Create(ctx, o, dry)
+			case *batchv1.Job:
+				_, err = c.cs.BatchV1().Jobs("offline").Create(ctx, o, dry)
+			case *batchv1.CronJob:
+				_, err = c.cs.BatchV1().CronJobs("offline").Create(ctx, o, dry)
+			case *corev1.Service:
+				_, err = c.cs.CoreV1().Services("offline").Create(ctx, o, dry)
+			case *corev1.List:
+				for _, it := range o.Items {
+					item, _, derr := scheme.Codecs.UniversalDeserializer().Decode(it.Raw, nil, nil)
+					if derr != nil {
+						return derr
+					}
+					if err := create(item); err != nil {
+						return err
+					}
+				}
+			default:
+				return fmt.Errorf("unexpected %T", obj)
+			}
+			return err
+		}
+		n := 0
+		for _, doc := range strings.Split(string(b), "\n---\n") {
+			obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
+			if err != nil {
+				t.Fatalf("decode %q: %v", doc[:min(len(doc), 80)], err)
+			}
+			if m, ok := obj.(metav1.Object); ok {
+				m.SetNamespace("")
+			}
+			if err := create(obj); err != nil {
+				t.Errorf("the API server refuses %T from sidekey inject: %v", obj, err)
+			}
+			n++
+		}
+		if n < 4 {
+			t.Errorf("%d documents", n)
 		}
 	})
 
