@@ -2,8 +2,6 @@ package detector_test
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -65,20 +63,5 @@ func FuzzBuildArgs(f *testing.F) {
 
 // TestLayerSeedCorpus keeps testdata/fuzz/FuzzLayer in step with layerSeeds (go test -update).
 func TestLayerSeedCorpus(t *testing.T) {
-	dir := filepath.Join("testdata", "fuzz", "FuzzLayer")
-	for i, s := range layerSeeds(t) {
-		p := filepath.Join(dir, fmt.Sprintf("seed-%d", i))
-		body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
-		if *update {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if got, err := os.ReadFile(p); err != nil || string(got) != body {
-			t.Errorf("%s is missing or stale (go test -update): %v", p, err)
-		}
-	}
+	imagetest.SeedCorpus(t, filepath.Join("testdata", "fuzz", "FuzzLayer"), layerSeeds(t), *update)
 }

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"flag"
-	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -120,20 +118,5 @@ func FuzzWalk(f *testing.F) {
 
 // TestSeedCorpus keeps testdata/fuzz/FuzzWalk in step with seeds (go test -update).
 func TestSeedCorpus(t *testing.T) {
-	dir := filepath.Join("testdata", "fuzz", "FuzzWalk")
-	for i, s := range seeds(t) {
-		p := filepath.Join(dir, fmt.Sprintf("seed-%d", i))
-		body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
-		if *update {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if got, err := os.ReadFile(p); err != nil || string(got) != body {
-			t.Errorf("%s is missing or stale (go test -update): %v", p, err)
-		}
-	}
+	imagetest.SeedCorpus(t, filepath.Join("testdata", "fuzz", "FuzzWalk"), seeds(t), *update)
 }

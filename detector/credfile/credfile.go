@@ -78,6 +78,16 @@ func (r rule) hit(start, end int, secret string) match.Hit {
 		Entropy: float32(match.ShannonEntropy(secret))}
 }
 
+// found appends a hit for secret, located at the first occurrence of raw in data, unless the
+// secret is empty or a placeholder.
+func (r rule) found(hits []match.Hit, data []byte, raw, secret string) []match.Hit {
+	if secret == "" || Placeholder(secret) {
+		return hits
+	}
+	start := max(0, bytes.Index(data, []byte(raw)))
+	return append(hits, r.hit(start, start+len(raw), secret))
+}
+
 func base(names ...string) func(string) bool {
 	return func(p string) bool {
 		b := path.Base(inner(p))
@@ -197,16 +207,7 @@ func (dockerConfig) Scan(_ string, data []byte) []match.Hit {
 		}
 	}
 	var hits []match.Hit
-	add := func(raw, secret string) {
-		if secret == "" || Placeholder(secret) {
-			return
-		}
-		start := bytes.Index(data, []byte(raw))
-		if start < 0 {
-			start = 0
-		}
-		hits = append(hits, r.hit(start, start+len(raw), secret))
-	}
+	add := func(raw, secret string) { hits = r.found(hits, data, raw, secret) }
 	for _, a := range cfg.Auths {
 		if a.Auth != "" {
 			dec, err := base64.StdEncoding.DecodeString(a.Auth)
@@ -255,16 +256,7 @@ func (kubeconfig) Scan(_ string, data []byte) []match.Hit {
 		return nil
 	}
 	var hits []match.Hit
-	add := func(raw, secret string) {
-		if secret == "" || Placeholder(secret) {
-			return
-		}
-		start := bytes.Index(data, []byte(raw))
-		if start < 0 {
-			start = 0
-		}
-		hits = append(hits, r.hit(start, start+len(raw), secret))
-	}
+	add := func(raw, secret string) { hits = r.found(hits, data, raw, secret) }
 	for _, u := range cfg.Users {
 		add(u.User.Token, u.User.Token)
 		add(u.User.Password, u.User.Password)

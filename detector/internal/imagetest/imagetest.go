@@ -9,7 +9,10 @@ import (
 	"archive/zip"
 	"bytes"
 	"compress/gzip"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -151,4 +154,25 @@ func Image(t testing.TB, cfg v1.Config, steps []Step, extraHistory ...v1.History
 		t.Fatal(err)
 	}
 	return img
+}
+
+// SeedCorpus keeps dir (testdata/fuzz/FuzzName) in step with seeds: with update it writes
+// them in the `go test fuzz v1` format, and it fails the test when a file is missing or stale.
+func SeedCorpus(t testing.TB, dir string, seeds [][]byte, update bool) {
+	t.Helper()
+	for i, s := range seeds {
+		p := filepath.Join(dir, fmt.Sprintf("seed-%d", i))
+		body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", s)
+		if update {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got, err := os.ReadFile(p); err != nil || string(got) != body {
+			t.Errorf("%s is missing or stale (go test -update): %v", p, err)
+		}
+	}
 }
