@@ -164,7 +164,11 @@ func (p *Probe) load(opts Options, mode Mode) error {
 	case ModeLSM:
 		var o lsmObjects
 		if err := spec.LoadAndAssign(&o, nil); err != nil {
-			if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+			if errors.Is(err, unix.EPERM) {
+				// cilium/ebpf's hint about MEMLOCK does not apply: the limit is removed above.
+				return fmt.Errorf("%w: loading lsm/file_open: %w (is bpf in the kernel's lsm= list, and are BPF trampolines allowed?)", ErrLSMRefused, unix.EPERM)
+			}
+			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
 				return fmt.Errorf("%w: %w", ErrLSMRefused, err)
 			}
 			return fmt.Errorf("load lsm program: %w", err)
