@@ -56,6 +56,9 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.R
 	// The replicas of a ReplicaSet arrive byte for byte identical: answer them from memory.
 	if a, ok := h.answers.get(req.Object.Raw); ok {
 		h.Metrics.observe(req.Namespace, a.result)
+		if a.result != resultSkipped {
+			h.Log.Info("pod "+a.result+" (same as an earlier pod)", "namespace", req.Namespace, "uid", string(req.UID))
+		}
 		return a.response()
 	}
 	// Most pods carry no sidekey annotation. The API server writes JSON without escaping '/',
