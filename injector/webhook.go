@@ -57,7 +57,7 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.R
 	if a, ok := h.answers.get(req.Object.Raw); ok {
 		h.Metrics.observe(req.Namespace, a.result)
 		if a.result != resultSkipped {
-			h.Log.Info("pod "+a.result+" (same as an earlier pod)", "namespace", req.Namespace, "uid", string(req.UID))
+			h.Log.Info("answer reused for an identical pod", "result", a.result, "namespace", req.Namespace, "uid", string(req.UID))
 		}
 		return a.response()
 	}
