@@ -6,17 +6,22 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log"
+	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/sidekey/sidekey/internal/testenv"
@@ -108,6 +113,35 @@ func TestImages(t *testing.T) {
 			}
 		})
 	}
+	// Pushable: what `crane push out/images/<name>.tar REF` does (crane is go-containerregistry's
+	// remote.Write), to a real registry served in-process, then pulled back by digest.
+	t.Run("push", func(t *testing.T) {
+		reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+		defer reg.Close()
+		host := strings.TrimPrefix(reg.URL, "http://")
+		for _, b := range built {
+			ref := b.Ref
+			img, err := tarball.ImageFromPath(filepath.Join(out, b.Target.Name+".tar"), &ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dst, err := name.NewTag(host+"/sidekey/"+b.Target.Name+":test", name.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := remote.Write(dst, img); err != nil {
+				t.Fatalf("push %s: %v", dst, err)
+			}
+			pulled, err := remote.Image(dst)
+			if err != nil {
+				t.Fatalf("pull %s: %v", dst, err)
+			}
+			want, _ := img.Digest()
+			if got, _ := pulled.Digest(); got != want {
+				t.Errorf("pulled %s: digest %s; want %s", dst, got, want)
+			}
+		}
+	})
 	// Dogfood: our own images carry no secrets. The detector is the one in the image.
 	for _, b := range built {
 		t.Run("detect "+b.Target.Name, func(t *testing.T) {
