@@ -9,7 +9,7 @@ GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
 TESTFLAGS ?=
 FUZZTIME ?= 10s
 
-.PHONY: all build deps testbin test test-unit demo generate check-generate lint fmt bench bench-detect bench-probe bench-agent fuzz helm-lint clean
+.PHONY: all build deps testbin test test-unit demo generate check-generate lint fmt bench bench-detect bench-probe bench-agent vmlinux fuzz helm-lint clean
 
 all: build
 
@@ -58,6 +58,14 @@ fmt:
 ## bench: the Go benchmarks (mutation, webhook, scanning, ...)
 bench: testbin
 	go test -run '^$$' -bench . -benchmem -count 1 ./...
+
+## bench-probe: the probe's overhead (root): detached / empty-program floor / attached, and the drop check
+bench-probe:
+	hack/bench-probe.sh
+
+## vmlinux: refresh bpf/vmlinux.h from this kernel's BTF (deliberately; not part of generate)
+vmlinux:
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
 
 ## fuzz: every fuzz target for FUZZTIME each
 fuzz:
