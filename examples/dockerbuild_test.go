@@ -244,7 +244,7 @@ func TestDockerBuildDetect(t *testing.T) {
 			for _, f := range raw.Findings {
 				for k, v := range f {
 					if s, ok := v.(string); ok && strings.Contains(s, token) {
-						t.Errorf("finding %v/%v: field %q holds the token in full (a report must redact it)", f["source"], f["path"], k)
+						t.Errorf("finding %v/%v: field %q holds the token in full; a report must redact it (the layer's history line carries the build arg value)", f["source"], f["path"], k)
 					}
 				}
 			}
