@@ -97,7 +97,10 @@ func startCluster(t *testing.T, lifetimes func(*SelfManagedTLS)) *cluster {
 			ClientConfig: admregv1.WebhookClientConfig{URL: &url},
 			Rules: []admregv1.RuleWithOperations{{Operations: []admregv1.OperationType{admregv1.Create},
 				Rule: admregv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}},
-			NamespaceSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"sidekey.io/injection": "enabled"}},
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"sidekey.io/injection": "enabled"}},
+			// Only pods with some sidekey.io/ annotation are sent: typos are still refused,
+			// pods that do not use sidekey are admitted without a round trip.
+			MatchConditions:         []admregv1.MatchCondition{{Name: "sidekey-annotated", Expression: MatchConditionExpression}},
 			FailurePolicy:           &fail,
 			SideEffects:             &none,
 			ReinvocationPolicy:      &ifNeeded,
@@ -212,6 +215,23 @@ func TestAPIServer(t *testing.T) {
 		}
 		if _, err := pods.Get(ctx, "typo", metav1.GetOptions{}); err == nil {
 			t.Errorf("refused pod was stored")
+		}
+	})
+
+	t.Run("secrets without sidekey.io/inject are refused", func(t *testing.T) {
+		for name, c := range map[string]struct {
+			ann  map[string]string
+			want string
+		}{
+			"typo": {map[string]string{prefix + "injetc": "true", KeySecret + "db": "vault:database/creds/web"},
+				"sidekey.io/injetc: unknown sidekey annotation; did you mean sidekey.io/inject?"},
+			"forgot": {map[string]string{KeySecret + "db": "vault:database/creds/web"},
+				`sidekey.io/inject: missing, but the pod declares sidekey.io/secret.db`},
+		} {
+			_, err := pods.Create(ctx, testPod(name, c.ann), metav1.CreateOptions{})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("%s: create = %v; want a denial containing %q", name, err, c.want)
+			}
 		}
 	})
 

@@ -46,6 +46,11 @@ type RoleLookup interface {
 	RoleARN(ctx context.Context, namespace, serviceAccount string) (string, error)
 }
 
+// MatchConditionExpression is the CEL matchCondition for the MutatingWebhookConfiguration: only
+// pods with a sidekey.io/ annotation are sent, so a typo'd key is still refused while other pods
+// are admitted without calling the webhook.
+const MatchConditionExpression = `has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('sidekey.io/'))`
+
 var podResource = metav1.GroupVersionResource{Version: "v1", Resource: "pods"}
 
 // Handle implements admission.Handler.
