@@ -483,7 +483,7 @@ func (p *plan) apply(pod *corev1.Pod) {
 	if (p.spec.Vault != nil || p.awsRole != "") && pod.Spec.ServiceAccountName == "" {
 		// Projected tokens need a named account; the ServiceAccount admission plugin would
 		// name "default" too, but it may run after us or not at all.
-		pod.Spec.ServiceAccountName = "default"
+		pod.Spec.ServiceAccountName = firstNonEmpty(pod.Spec.DeprecatedServiceAccount, "default")
 	}
 	if p.spec.Vault != nil {
 		pod.Spec.Volumes = append(pod.Spec.Volumes, tokenVolume(VaultTokenVolume, p.vaultAud, p.tokenExpiry))

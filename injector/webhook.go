@@ -96,10 +96,7 @@ func (h *Handler) handlePod(ctx context.Context, req admission.Request, pod *cor
 
 	var facts Facts
 	if h.Roles != nil && needsRole(pod.Annotations) {
-		sa := pod.Spec.ServiceAccountName
-		if sa == "" {
-			sa = "default"
-		}
+		sa := firstNonEmpty(pod.Spec.ServiceAccountName, pod.Spec.DeprecatedServiceAccount, "default")
 		arn, err := h.Roles.RoleARN(ctx, req.Namespace, sa)
 		if err != nil {
 			log.Error("look up service account role", "serviceAccount", sa, "err", err)
