@@ -52,7 +52,7 @@ func problemLike(r *report.Report, parts ...string) *report.Problem {
 }
 
 func TestBadInput(t *testing.T) {
-	secret := "token: " + ghPAT + "\n"
+	secret := "token: " + imagetest.GitHubPAT + "\n"
 	full := imagetest.Tar(t, imagetest.File("app/first.txt", secret), imagetest.File("app/second.txt", strings.Repeat("x", 4096)))
 	zeros := strings.Repeat("\x00", 64<<20)
 	bomb := imagetest.Zip(t, imagetest.File("zeros.bin", zeros))
@@ -132,7 +132,7 @@ func TestBadInput(t *testing.T) {
 }
 
 func TestDigestMismatch(t *testing.T) {
-	good := image(t, imagetest.Layer(t, imagetest.File("app/a.txt", "token: "+ghPAT+"\n")))
+	good := image(t, imagetest.Layer(t, imagetest.File("app/a.txt", "token: "+imagetest.GitHubPAT+"\n")))
 	dir := t.TempDir()
 	writeOCILayout(t, dir, good)
 	layers, _ := good.Layers()
@@ -179,18 +179,18 @@ func TestHugeFileInChunks(t *testing.T) {
 		line += strings.Count(s, "\n")
 	}
 	filler := strings.Repeat("lorem ipsum dolor sit amet\n", 100)
-	put("token: " + ghPAT + "\n")
+	put("token: " + imagetest.GitHubPAT + "\n")
 	want[1] = true
 	for b.Len() < 3*1024*1024 {
 		put(filler)
 		// Put a secret near each chunk boundary.
 		if b.Len()%chunk > chunk-3000 {
 			want[line] = true
-			put("token: " + ghPAT + "\n")
+			put("token: " + imagetest.GitHubPAT + "\n")
 		}
 	}
 	want[line] = true
-	put("token: " + ghPAT)
+	put("token: " + imagetest.GitHubPAT)
 	img := image(t, imagetest.Layer(t, imagetest.File("var/log/huge.log", b.String())))
 	r, err := newDetector(t, detector.Options{ChunkSize: chunk}).ScanImage(context.Background(), img, "huge")
 	if err != nil {

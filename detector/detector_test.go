@@ -98,7 +98,7 @@ func TestSecretsNeverInReports(t *testing.T) {
 		if err := r.Write(&buf, format, true); err != nil {
 			t.Fatal(err)
 		}
-		for _, s := range []string{awsKey, ghPAT, ghPAT2, slackBot, stripe, npmTok, npmTok2, npmTok3, dockerPW, dbPW, ghPAT[4:20], sshKey(t)[40:80]} {
+		for _, s := range []string{imagetest.AWSKey, imagetest.GitHubPAT, imagetest.GitHubPAT2, imagetest.SlackBot, imagetest.Stripe, imagetest.NPMToken, imagetest.NPMToken2, imagetest.NPMToken3, imagetest.DockerPassword, imagetest.DBPassword, imagetest.GitHubPAT[4:20], imagetest.SSHKey(t)[40:80]} {
 			if bytes.Contains(buf.Bytes(), []byte(s)) {
 				t.Errorf("%s report contains the secret %.8s…", format, s)
 			}

@@ -1,11 +1,7 @@
 package detector_test
 
 import (
-	"crypto/ed25519"
-	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
-	"strings"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -13,63 +9,37 @@ import (
 	"github.com/sidekey/sidekey/detector/internal/imagetest"
 )
 
-// Fake secrets are assembled at run time so that the repository's own secret scan does not
-// flag this file. They have the shapes real credentials have.
-var (
-	awsKey   = "AKIA" + "Q3EGRVPOLKJH7XYZ"
-	ghPAT    = "ghp_" + "8Xk2Lq9ZpR4vT7mN1cW5yB3hJ6gF0dS2aQ4e"
-	ghPAT2   = "ghp_" + "Zy7Wx6Vu5Ts4Rq3Po2Nm1Lk0Ji9Hg8Fe7Dc6"
-	slackBot = "xoxb-" + "1234567890123-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"
-	stripe   = "sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc9Xk2Lq"
-	npmTok   = "npm_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
-	npmTok2  = "npm_" + "Q9w8E7r6T5y4U3i2O1p0A9s8D7f6G5h4J3k2"
-	npmTok3  = "npm_" + "Z1x2C3v4B5n6M7a8S9d0F1g2H3j4K5l6P7o8"
-	dockerPW = "Tr0ub4dor" + "-3xK9qLm2vZ"
-	dbPW     = "p7Gq2" + "Lx9Vw4Rz8Tk"
-)
-
-// sshKey is a deterministic, unencrypted ed25519 private key in PKCS#8 PEM.
-func sshKey(t testing.TB) string {
-	t.Helper()
-	key := ed25519.NewKeyFromSeed([]byte(strings.Repeat("sidekey-test-key", 2)))
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
-}
-
 // leakyImage has a secret in every place the detector must look.
 func leakyImage(t testing.TB) v1.Image {
 	t.Helper()
 	jar := imagetest.Zip(t,
 		imagetest.File("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\n"),
-		imagetest.File("config/application.properties", "server.port=8080\nstripe.key="+stripe+"\n"))
+		imagetest.File("config/application.properties", "server.port=8080\nstripe.key="+imagetest.Stripe+"\n"))
 	tgz := imagetest.TarGz(t,
 		imagetest.File("README", "vendored\n"),
-		imagetest.File("secrets/npm.txt", "//registry.npmjs.org/:_authToken="+npmTok+"\n"))
-	dockerAuth := base64.StdEncoding.EncodeToString([]byte("ci:" + dockerPW))
+		imagetest.File("secrets/npm.txt", "//registry.npmjs.org/:_authToken="+imagetest.NPMToken+"\n"))
+	dockerAuth := base64.StdEncoding.EncodeToString([]byte("ci:" + imagetest.DockerPassword))
 	base := imagetest.Layer(t,
-		imagetest.File("app/.env", "# app settings\nAWS_ACCESS_KEY_ID="+awsKey+"\n"),
-		imagetest.File("app/config/token.txt", "token: "+ghPAT+"\n"),
-		imagetest.File("opt/old/slack.txt", "SLACK_BOT_TOKEN="+slackBot+"\n"),
+		imagetest.File("app/.env", "# app settings\nAWS_ACCESS_KEY_ID="+imagetest.AWSKey+"\n"),
+		imagetest.File("app/config/token.txt", "token: "+imagetest.GitHubPAT+"\n"),
+		imagetest.File("opt/old/slack.txt", "SLACK_BOT_TOKEN="+imagetest.SlackBot+"\n"),
 		imagetest.File("app/lib/app.jar", string(jar)),
 		imagetest.File("app/vendor.tar.gz", string(tgz)),
-		imagetest.File("root/.npmrc", "registry=https://registry.npmjs.org/\n//registry.npmjs.org/:_authToken="+npmTok2+"\n"),
+		imagetest.File("root/.npmrc", "registry=https://registry.npmjs.org/\n//registry.npmjs.org/:_authToken="+imagetest.NPMToken2+"\n"),
 		imagetest.File("root/.docker/config.json", `{"auths":{"registry.example.com":{"auth":"`+dockerAuth+`"}}}`),
-		imagetest.File("root/.ssh/id_ed25519", sshKey(t)),
-		imagetest.File("bin/tool", "\x7fELF\x02\x01\x01\x00\x00token="+ghPAT2),
+		imagetest.File("root/.ssh/id_ed25519", imagetest.SSHKey(t)),
+		imagetest.File("bin/tool", "\x7fELF\x02\x01\x01\x00\x00token="+imagetest.GitHubPAT2),
 	)
 	overwrite := imagetest.Layer(t, imagetest.File("app/config/token.txt", "token: none\n"))
 	remove := imagetest.Layer(t, imagetest.Whiteout("app", ".env"), imagetest.Opaque("opt/old"))
 	return imagetest.Image(t, v1.Config{
-		Env:    []string{"PATH=/usr/local/bin:/usr/bin", "DB_PASSWORD=" + dbPW, "API_TOKEN=${API_TOKEN}"},
-		Labels: map[string]string{"maintainer": "team@example.com", "ci.token": ghPAT2},
+		Env:    []string{"PATH=/usr/local/bin:/usr/bin", "DB_PASSWORD=" + imagetest.DBPassword, "API_TOKEN=${API_TOKEN}"},
+		Labels: map[string]string{"maintainer": "team@example.com", "ci.token": imagetest.GitHubPAT2},
 	}, []imagetest.Step{
 		{Layer: base, CreatedBy: "COPY . / # buildkit"},
 		{Layer: overwrite, CreatedBy: "RUN /bin/sh -c echo 'token: none' > /app/config/token.txt"},
 		{Layer: remove, CreatedBy: "RUN /bin/sh -c rm -rf /app/.env /opt/old/*"},
-	}, v1.History{CreatedBy: "RUN |1 NPM_TOKEN=" + npmTok3 + " /bin/sh -c npm ci"})
+	}, v1.History{CreatedBy: "RUN |1 NPM_TOKEN=" + imagetest.NPMToken3 + " /bin/sh -c npm ci"})
 }
 
 // decoyImage is full of things that look like secrets and are not.

@@ -1,4 +1,7 @@
-package detector_test
+// Package parity holds the test that runs the real gitleaks binary next to sidekey. It lives
+// apart from package detector's tests so that their fuzz targets are not instrumented with
+// the test-server support code it imports.
+package parity_test
 
 import (
 	"context"
@@ -10,6 +13,10 @@ import (
 	"testing"
 
 	"github.com/sidekey/sidekey/detector"
+	"github.com/sidekey/sidekey/detector/credfile"
+	"github.com/sidekey/sidekey/detector/internal/imagetest"
+	"github.com/sidekey/sidekey/detector/match"
+	"github.com/sidekey/sidekey/detector/rules"
 	"github.com/sidekey/sidekey/internal/testenv"
 )
 
@@ -20,15 +27,15 @@ func knownSecretsTree(t *testing.T) string {
 	root := t.TempDir()
 	jwt := "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9" + "." + "eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ" + "." + "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
 	files := map[string]string{
-		"app/.env":                    "AWS_ACCESS_KEY_ID=" + awsKey + "\nDB_PASSWORD=" + dbPW + "\n",
-		"app/config.yml":              "github:\n  token: " + ghPAT + "\nslack:\n  bot: " + slackBot + "\n",
-		"app/src/pay.js":              "const stripe = require('stripe')('" + stripe + "');\n",
+		"app/.env":                    "AWS_ACCESS_KEY_ID=" + imagetest.AWSKey + "\nDB_PASSWORD=" + imagetest.DBPassword + "\n",
+		"app/config.yml":              "github:\n  token: " + imagetest.GitHubPAT + "\nslack:\n  bot: " + imagetest.SlackBot + "\n",
+		"app/src/pay.js":              "const imagetest.Stripe = require('imagetest.Stripe')('" + imagetest.Stripe + "');\n",
 		"app/src/auth.py":             "headers = {'Authorization': 'Bearer " + jwt + "'}\n",
-		"home/u/.npmrc":               "//registry.npmjs.org/:_authToken=" + npmTok2 + "\n",
-		"home/u/.ssh/id_ed25519":      sshKey(t),
-		"etc/app/settings.properties": "db.user=app\ndb.password=" + dbPW + "X7q\napi_key = \"" + npmTok3[4:] + "\"\n",
-		"srv/deploy.sh":               "curl -H \"Authorization: token " + ghPAT2 + "\" https://api.github.com/\n",
-		"docs/long.md":                strings.Repeat("filler line without secrets\n", 5000) + "export GITHUB_TOKEN=" + ghPAT + "\n",
+		"home/u/.npmrc":               "//registry.npmjs.org/:_authToken=" + imagetest.NPMToken2 + "\n",
+		"home/u/.ssh/id_ed25519":      imagetest.SSHKey(t),
+		"etc/app/settings.properties": "db.user=app\ndb.password=" + imagetest.DBPassword + "X7q\napi_key = \"" + imagetest.NPMToken3[4:] + "\"\n",
+		"srv/deploy.sh":               "curl -H \"Authorization: token " + imagetest.GitHubPAT2 + "\" https://api.github.com/\n",
+		"docs/long.md":                strings.Repeat("filler line without secrets\n", 5000) + "export GITHUB_TOKEN=" + imagetest.GitHubPAT + "\n",
 	}
 	for p, body := range files {
 		full := filepath.Join(root, p)
@@ -91,7 +98,11 @@ func TestParityWithGitleaks(t *testing.T) {
 	if len(theirs) < 10 {
 		t.Fatalf("gitleaks found only %d secrets in the known-secrets tree; the tree is wrong", len(theirs))
 	}
-	r, err := newDetector(t, detector.Options{}).ScanDir(context.Background(), root)
+	cfg, err := rules.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := detector.New(match.New(cfg, credfile.All()...), detector.Options{}).ScanDir(context.Background(), root)
 	if err != nil {
 		t.Fatal(err)
 	}
