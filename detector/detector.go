@@ -151,8 +151,9 @@ type scan struct {
 	found    []rawFinding
 	problems []report.Problem
 
-	// compressed: read layers through Compressed() (see StoredCompressed).
-	compressed bool
+	// compressed: read layers through Compressed(); uncompressedStore: the image said its
+	// layers are not stored compressed (see StoredCompressed).
+	compressed, uncompressedStore bool
 
 	files, bytes, skipped, archives atomic.Int64
 	layers, layersDone              atomic.Int64

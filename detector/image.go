@@ -41,6 +41,7 @@ func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*r
 	s.layers.Store(int64(len(layers)))
 	if sc, ok := img.(StoredCompressed); ok {
 		s.compressed = sc.LayersStoredCompressed()
+		s.uncompressedStore = !s.compressed
 	}
 	stop := make(chan struct{})
 	go s.progress(stop)
@@ -94,6 +95,11 @@ func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*r
 	for i, info := range infos {
 		if info.digest != "" {
 			info.digest = ""
+			// Images whose layers are not stored compressed (docker save) would be
+			// gzipped whole to compute a digest: they are reported by diff_id only.
+			if s.uncompressedStore {
+				continue
+			}
 			if dg, err := layers[i].Digest(); err == nil {
 				info.digest = dg.String()
 			}
