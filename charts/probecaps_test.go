@@ -13,8 +13,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/sidekey/sidekey/internal/testenv"
 )
 
 // TestProbeCapabilities runs the real `sidekey probe` with exactly the capabilities the chart
@@ -46,16 +44,7 @@ func TestProbeCapabilities(t *testing.T) {
 		return exec.Command(setpriv, append([]string{"--reuid=65534", "--regid=65534", "--clear-groups"}, args...)...)
 	}
 
-	sidekey := filepath.Join(t.TempDir(), "sidekey")
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	build := exec.Command("go", "build", "-o", sidekey, "./cmd/sidekey")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/sidekey: %v\n%s", err, out)
-	}
+	sidekey := buildSidekey(t)
 
 	dir := t.TempDir()
 	if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil { // t.TempDir's parent is 0700; nobody must reach the file
