@@ -145,3 +145,37 @@ items:
 		})
 	}
 }
+
+func FuzzInjectManifests(f *testing.F) {
+	if b, err := os.ReadFile("testdata/workloads.yaml"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte("kind: List\nitems: [{kind: Pod, metadata: {annotations: {sidekey.io/inject: 'true'}}}]\n"))
+	f.Add([]byte("---\n---\nkind: CronJob\nspec: {jobTemplate: {spec: {template: 3}}}\n"))
+	cfg := testConfig()
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var out bytes.Buffer
+		res, err := InjectManifests(bytes.NewReader(in), &out, &cfg)
+		if err != nil {
+			return
+		}
+		injected := false
+		for _, r := range res {
+			injected = injected || r.Injected
+		}
+		if !injected {
+			return
+		}
+		// What came out injects nothing more.
+		var again bytes.Buffer
+		res2, err := InjectManifests(bytes.NewReader(out.Bytes()), &again, &cfg)
+		if err != nil {
+			t.Fatalf("second pass over our own output: %v", err)
+		}
+		for _, r := range res2 {
+			if r.Injected {
+				t.Fatalf("second pass injected %s %s again", r.Kind, r.Name)
+			}
+		}
+	})
+}
