@@ -28,10 +28,12 @@ var secretName = regexp.MustCompile(`(?i)(?:^|[_.-])(?:pass(?:word|wd)?|pwd|secr
 const configRule = "sidekey-config-secret-value"
 
 // scanConfig scans the config's Env values, Labels values and history created_by lines
-// (where `RUN |N KEY=VALUE ...` carries build arguments).
-func (d *Detector) scanConfig(cf *v1.ConfigFile) []report.Finding {
+// (where `RUN |N KEY=VALUE ...` carries build arguments). It also returns the secrets found
+// in the history, for RedactHistory: layer findings show their layer's created_by.
+func (d *Detector) scanConfig(cf *v1.ConfigFile) ([]report.Finding, []string) {
 	sc := d.engine.NewScanner()
 	var out []report.Finding
+	var historySecrets []string
 	for i, kv := range cf.Config.Env {
 		k, v, _ := strings.Cut(kv, "=")
 		out = append(out, d.configValue(sc, sectionEnv, k, v, i+1)...)
@@ -42,13 +44,34 @@ func (d *Detector) scanConfig(cf *v1.ConfigFile) []report.Finding {
 	for i, h := range cf.History {
 		args, rest := BuildArgs(h.CreatedBy)
 		for _, kv := range args {
-			out = append(out, d.configValue(sc, sectionHistory, kv[0], kv[1], i+1)...)
+			for _, hit := range KeyValueHits(sc, sectionHistory, kv[0], kv[1]) {
+				historySecrets = append(historySecrets, hit.Secret)
+				out = append(out, configFinding(sectionHistory, kv[0], i+1, hit))
+			}
 		}
 		for _, hit := range sc.Scan(sectionHistory, []byte(rest), 1) {
+			historySecrets = append(historySecrets, hit.Secret)
 			out = append(out, configFinding(sectionHistory, "", i+1, hit))
 		}
 	}
-	return out
+	return out, historySecrets
+}
+
+// RedactHistory makes a history created_by safe to show: every build-argument value
+// (`RUN |N KEY=VALUE ...`) and every secret in secrets is replaced by its redacted form.
+func RedactHistory(createdBy string, secrets []string) string {
+	args, _ := BuildArgs(createdBy)
+	for _, kv := range args {
+		if kv[1] != "" {
+			createdBy = strings.ReplaceAll(createdBy, kv[0]+"="+kv[1], kv[0]+"="+report.Redact(kv[1]))
+		}
+	}
+	for _, s := range secrets {
+		if s != "" {
+			createdBy = strings.ReplaceAll(createdBy, s, report.Redact(s))
+		}
+	}
+	return createdBy
 }
 
 // configValue scans one KEY=VALUE from the config.

@@ -217,3 +217,30 @@ func BenchmarkScanImage(b *testing.B) {
 		}
 	}
 }
+
+// TestCreatedByRedacted: layer findings show their layer's history line, which carries
+// build-argument values (`RUN |1 NPM_TOKEN=...`); the report must not.
+func TestCreatedByRedacted(t *testing.T) {
+	layer := imagetest.Layer(t, imagetest.File("app/.npmrc", "//registry.npmjs.org/:_authToken="+imagetest.NPMToken+"\n"))
+	img := imagetest.Image(t, v1.Config{}, []imagetest.Step{{Layer: layer,
+		CreatedBy: "RUN |2 NPM_TOKEN=" + imagetest.NPMToken3 + " VERSION=1.2.3 /bin/sh -c curl -H 'Authorization: token " + imagetest.GitHubPAT + "' x"}})
+	r, err := newDetector(t, detector.Options{}).ScanImage(context.Background(), img, "build-args")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := r.WriteJSON(&buf); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{imagetest.NPMToken3, imagetest.GitHubPAT, imagetest.NPMToken} {
+		if bytes.Contains(buf.Bytes(), []byte(s)) {
+			t.Errorf("report contains %.8s…:\n%s", s, buf.String())
+		}
+	}
+	want := "RUN |2 NPM_TOKEN=npm_…REDACTED VERSION=REDACTED /bin/sh -c curl -H 'Authorization: token ghp_…REDACTED' x"
+	for _, f := range r.Findings {
+		if f.Source == report.SourceLayer && f.CreatedBy != want {
+			t.Errorf("created_by = %q; want %q", f.CreatedBy, want)
+		}
+	}
+}

@@ -46,7 +46,10 @@ func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*r
 	stop := make(chan struct{})
 	go s.progress(stop)
 
-	config := d.scanConfig(cf)
+	config, historySecrets := d.scanConfig(cf)
+	for i := range createdBy {
+		createdBy[i] = RedactHistory(createdBy[i], historySecrets)
+	}
 
 	indexes := make([]*layerIndex, len(layers))
 	infos := make([]*layerInfo, len(layers))
