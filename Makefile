@@ -9,7 +9,7 @@ GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
 TESTFLAGS ?=
 FUZZTIME ?= 10s
 
-.PHONY: all build deps testbin test test-unit demo generate check-generate lint fmt bench bench-detect bench-probe bench-agent vmlinux fuzz helm-lint clean
+.PHONY: all build images images-detect images-push deps testbin test test-unit demo generate check-generate lint fmt bench bench-detect bench-probe bench-agent vmlinux fuzz helm-lint clean
 
 all: build
 
@@ -17,6 +17,20 @@ all: build
 build:
 	$(GOBUILD) -o bin/sidekey ./cmd/sidekey
 	$(GOBUILD) -o bin/sidekey-agent ./cmd/sidekey-agent
+
+## images: OCI images of sidekey and sidekey-agent, without a Docker daemon, into out/images/
+images:
+	go run ./hack/images -version $(VERSION) -out out/images
+
+## images-detect: dogfood: sidekey detect on both images (exit 1 on a finding); TestImages does the same in `make test`
+images-detect: images build
+	bin/sidekey detect image docker-archive:out/images/sidekey.tar
+	bin/sidekey detect image docker-archive:out/images/sidekey-agent.tar
+
+## images-push: push the images with crane (REGISTRY=ghcr.io/you)
+images-push: images
+	crane push out/images/sidekey.tar $(REGISTRY)/sidekey:$(VERSION)
+	crane push out/images/sidekey-agent.tar $(REGISTRY)/sidekey-agent:$(VERSION)
 
 ## deps: Debian packages the tests need (clang, bpftool, containerd, ...), when missing
 deps:
