@@ -405,6 +405,26 @@ func TestAPIServer(t *testing.T) {
 		}
 	})
 
+	t.Run("a caBundle wiped by a redeploy is restored", func(t *testing.T) {
+		api := c.cs.AdmissionregistrationV1().MutatingWebhookConfigurations()
+		mwc, err := api.Get(ctx, testWebhookConfig, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := mwc.Webhooks[0].ClientConfig.CABundle
+		mwc.Webhooks[0].ClientConfig.CABundle = nil
+		if _, err := api.Update(ctx, mwc, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.replicas[1].Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+		mwc, err = api.Get(ctx, testWebhookConfig, metav1.GetOptions{})
+		if err != nil || string(mwc.Webhooks[0].ClientConfig.CABundle) != string(want) {
+			t.Errorf("caBundle not restored (%v)", err)
+		}
+	})
+
 	t.Run("already injected pod is left alone", func(t *testing.T) {
 		first, err := pods.Get(ctx, "web", metav1.GetOptions{})
 		if err != nil {

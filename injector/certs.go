@@ -78,7 +78,7 @@ type SelfManagedTLS struct {
 	// Propagation is how long a new CA bundle must have been in place (and seen in the webhook
 	// configuration) before a serving certificate signed by the new CA is issued. Default 1m.
 	Propagation time.Duration
-	Interval    time.Duration // reconcile period, default 1m
+	Interval    time.Duration // reconcile period (also how soon a caBundle reset by a redeploy is restored), default 10s
 	Log         *slog.Logger
 	Now         func() time.Time // default time.Now
 
@@ -115,7 +115,7 @@ func (m *SelfManagedTLS) setDefaults() {
 		m.Propagation = time.Minute
 	}
 	if m.Interval <= 0 {
-		m.Interval = time.Minute
+		m.Interval = 10 * time.Second
 	}
 	if m.Log == nil {
 		m.Log = slog.New(slog.DiscardHandler)
