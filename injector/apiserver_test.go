@@ -1,9 +1,12 @@
 package injector
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	admissionv1 "k8s.io/api/admission/v1"
 	admregv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
@@ -34,6 +38,8 @@ type cluster struct {
 	replicas [2]*SelfManagedTLS
 	leaves   sync.Map // serial -> issuer serial, of every certificate served
 	ns       string
+	url      string   // of the webhook server, without path
+	calls    sync.Map // pod name -> *atomic.Int32: reviews of that pod sent to /mutate
 }
 
 const (
@@ -72,7 +78,39 @@ func startCluster(t *testing.T, lifetimes func(*SelfManagedTLS)) *cluster {
 	}
 	var turn atomic.Uint64
 	h := &Handler{Config: &cfg, Log: testLogger(t), Roles: &ServiceAccountRoles{Get: saGet{cs}, TTL: time.Second}}
-	srv := &http.Server{Handler: NewServer(h, 0), TLSConfig: &tls.Config{
+	mux := http.NewServeMux()
+	webhook := NewServer(h, 0)
+	mux.Handle("/mutate", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if rev, err := DecodeReview(body); err == nil {
+			var meta metav1.PartialObjectMetadata
+			if json.Unmarshal(rev.Request.Object.Raw, &meta) == nil {
+				n, _ := c.calls.LoadOrStore(meta.Name, new(atomic.Int32))
+				n.(*atomic.Int32).Add(1)
+			}
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		webhook.ServeHTTP(w, r)
+	}))
+	// Another mutating webhook, called after ours, that labels pods: the API server then
+	// calls ours again (reinvocationPolicy IfNeeded).
+	mux.Handle("/label", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		rev, err := DecodeReview(body)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		pt := admissionv1.PatchTypeJSONPatch
+		resp := &admissionv1.AdmissionResponse{UID: rev.Request.UID, Allowed: true}
+		if !bytes.Contains(rev.Request.Object.Raw, []byte(`"labeled-by":"zz"`)) {
+			resp.Patch, resp.PatchType = []byte(`[{"op":"add","path":"/metadata/labels","value":{"labeled-by":"zz"}}]`), &pt
+		}
+		out, _ := json.Marshal(admissionv1.AdmissionReview{TypeMeta: rev.TypeMeta, Response: resp})
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(out)
+	}))
+	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{
 		NextProtos: []string{"http/1.1"},
 		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 			r := c.replicas[turn.Add(1)%2]
@@ -87,7 +125,8 @@ func startCluster(t *testing.T, lifetimes func(*SelfManagedTLS)) *cluster {
 	go func() { _ = srv.ServeTLS(ln, "", "") }()
 	t.Cleanup(func() { _ = srv.Close() })
 
-	url := "https://" + ln.Addr().String() + "/mutate"
+	c.url = "https://" + ln.Addr().String()
+	url := c.url + "/mutate"
 	fail, none, ifNeeded := admregv1.Fail, admregv1.SideEffectClassNone, admregv1.IfNeededReinvocationPolicy
 	timeout := int32(10)
 	if _, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, &admregv1.MutatingWebhookConfiguration{
@@ -422,6 +461,55 @@ func TestAPIServer(t *testing.T) {
 		mwc, err = api.Get(ctx, testWebhookConfig, metav1.GetOptions{})
 		if err != nil || string(mwc.Webhooks[0].ClientConfig.CABundle) != string(want) {
 			t.Errorf("caBundle not restored (%v)", err)
+		}
+	})
+
+	t.Run("reinvocation after another webhook injects once", func(t *testing.T) {
+		api := c.cs.AdmissionregistrationV1().MutatingWebhookConfigurations()
+		ours, err := api.Get(ctx, testWebhookConfig, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		url := c.url + "/label"
+		labeler := ours.DeepCopy()
+		labeler.ObjectMeta = metav1.ObjectMeta{Name: "zz-labeler"} // called after sidekey-webhook
+		labeler.Webhooks[0].Name = "label.example.com"
+		labeler.Webhooks[0].ClientConfig.URL = &url
+		labeler.Webhooks[0].MatchConditions = nil
+		never := admregv1.NeverReinvocationPolicy
+		labeler.Webhooks[0].ReinvocationPolicy = &never
+		if _, err := api.Create(ctx, labeler, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = api.Delete(ctx, "zz-labeler", metav1.DeleteOptions{}) }()
+		deadline := time.Now().Add(30 * time.Second)
+		for i := 0; ; i++ {
+			name := fmt.Sprintf("reinvoked-%d", i)
+			p, err := pods.Create(ctx, testPod(name, map[string]string{KeyInject: "true", KeyVaultRole: "web", KeySecret + "db": "vault:database/creds/web"}), metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Labels["labeled-by"] != "zz" {
+				if time.Now().After(deadline) {
+					t.Fatal("the labelling webhook was never called")
+				}
+				time.Sleep(200 * time.Millisecond)
+				continue
+			}
+			n, _ := c.calls.Load(name)
+			if calls := n.(*atomic.Int32).Load(); calls < 2 {
+				t.Errorf("our webhook was called %d times for %s; want a reinvocation", calls, name)
+			}
+			agents := 0
+			for _, ctr := range append(p.Spec.InitContainers, p.Spec.Containers...) {
+				if strings.HasPrefix(ctr.Name, spec.AgentContainer) {
+					agents++
+				}
+			}
+			if agents != 1 || len(p.Spec.Volumes) != 2 {
+				t.Errorf("after reinvocation: %d agent containers, %d volumes; want 1 and 2", agents, len(p.Spec.Volumes))
+			}
+			break
 		}
 	})
 
