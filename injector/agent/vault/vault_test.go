@@ -27,8 +27,7 @@ func TestKVDataPath(t *testing.T) {
 		{"secret/database/app", "secret/", "secret/data/database/app"},
 		{"secret", "secret/", "secret/data"},
 		{"kv/nested/mount/app", "kv/nested/mount/", "kv/nested/mount/data/app"},
-		{"app", "ns1/secret/", "ns1/secret/data/app"}, // namespace parts of the mount not in the path
-		{"secret/app", "ns1/secret/", "secret/data/app"},
+		{"secret/app", "ns1/secret/", "secret/data/app"}, // the mount names a namespace the path does not
 	}
 	for _, tt := range tests {
 		t.Run(tt.path+" in "+tt.mount, func(t *testing.T) {
