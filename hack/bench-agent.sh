@@ -116,12 +116,16 @@ sleep 11.5
 rss() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
 rss_sk=$(rss $sk_pid)
 rss_va=$(rss $va_pid)
+split() { awk '/^RssAnon|^RssFile/{printf "%s %s kB  ", $1, $2}' "/proc/$1/status"; }
+split_sk=$(split $sk_pid)
+split_va=$(split $va_pid)
 renders=$(curl -sf "http://$HEALTH/metrics" | awk '/^sidekey_agent_last_success/{n++} END{print n+0}')
 
 kib_mib() { awk -v k="$1" 'BEGIN{printf "%.1f MiB", k/1024}'; }
-printf '\nsidekey-agent vs vault agent (%s, %d secrets, %d runs, %s)\n' "$("$VAULT" version | head -1)" "$SECRETS" "$RUNS" "$(date -u +%FT%TZ)"
+printf '\nsidekey-agent vs vault agent (%s, %d secrets, %d runs, %s)\n' "$("$VAULT" version | head -1 | cut -d, -f1)" "$SECRETS" "$RUNS" "$(date -u +%FT%TZ)"
 printf '%-44s %14s %14s %8s\n' "measure" "sidekey-agent" "vault agent" "ratio"
 printf '%-44s %14s %14s %8s\n' "stripped static binary" "$(awk -v b=$size_sk 'BEGIN{printf "%.1f MB", b/1e6}')" "$(awk -v b=$size_vault 'BEGIN{printf "%.1f MB", b/1e6}')" "$(ratio $size_sk $size_vault)"
 printf '%-44s %14s %14s %8s\n' "start -> all files written (median)" "${start_sk} ms" "${start_va} ms" "$(ratio $start_sk $start_va)"
 printf '%-44s %14s %14s %8s\n' "sidecar RSS after 10 refresh cycles (1 s)" "$(kib_mib $rss_sk)" "$(kib_mib $rss_va)" "$(ratio $rss_sk $rss_va)"
+printf '  sidekey-agent %s\n  vault agent   %s\n' "$split_sk" "$split_va"
 printf 'goals: binary <= 20 MB, start <= 100 ms, RSS <= 16 MiB; sidekey-agent secrets tracked: %s\n' "$renders"
