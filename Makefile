@@ -73,6 +73,10 @@ fmt:
 bench: testbin
 	go test -run '^$$' -bench . -benchmem -count 1 ./...
 
+## bench-agent: sidekey-agent beside vault agent: binary size, start to files written, RSS after 10 refreshes (root)
+bench-agent: testbin build
+	hack/bench-agent.sh
+
 ## bench-probe: the probe's overhead (root): detached / empty-program floor / attached, and the drop check
 bench-probe:
 	hack/bench-probe.sh

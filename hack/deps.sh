@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build and tests need, when any is missing:
 # clang/llvm/libbpf-dev/bpftool to generate the BPF objects, and containerd/runc/CNI plugins/
-# busybox-static for the single-node cluster tests.
+# busybox-static for the single-node cluster tests; redis-server as a real leased-credential
+# backend (Vault's database engine) in the agent tests.
 set -euo pipefail
-pkgs=(clang llvm libbpf-dev bpftool containerd runc containernetworking-plugins busybox-static)
+pkgs=(clang llvm libbpf-dev bpftool containerd runc containernetworking-plugins busybox-static redis-server)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
