@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/sidekey/sidekey/charts/apply"
+	"github.com/sidekey/sidekey/injector"
 	"github.com/sidekey/sidekey/internal/testenv"
 )
 
@@ -182,8 +183,8 @@ func checkWebhookConfig(t *testing.T, o *unstructured.Unstructured) {
 		}
 	}
 	conds, _ := h["matchConditions"].([]any)
-	if len(conds) != 1 || !strings.Contains(conds[0].(map[string]any)["expression"].(string), "'sidekey.io/inject'") {
-		t.Errorf("matchConditions = %v; want one on sidekey.io/inject", conds)
+	if len(conds) != 1 || conds[0].(map[string]any)["expression"] != injector.MatchConditionExpression {
+		t.Errorf("matchConditions = %v; want one with injector.MatchConditionExpression %q", conds, injector.MatchConditionExpression)
 	}
 	exprs, _, _ := unstructured.NestedSlice(h, "namespaceSelector", "matchExpressions")
 	var excluded []string
