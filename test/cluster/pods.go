@@ -248,3 +248,21 @@ func MountType(path string) string {
 	}
 	return ""
 }
+
+// FirstOutput returns when a container first wrote to stdout or stderr: the CRI timestamp of
+// the first line of its first log file (nanoseconds, from the runtime, unlike the second-
+// resolution times of the pod status).
+func FirstOutput(p *corev1.Pod, container string) (time.Time, error) {
+	f := filepath.Join(PodLogDir, fmt.Sprintf("%s_%s_%s", p.Namespace, p.Name, p.UID), container, "0.log")
+	fh, err := os.Open(f)
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer fh.Close()
+	sc := bufio.NewScanner(fh)
+	if !sc.Scan() {
+		return time.Time{}, fmt.Errorf("%s is empty", f)
+	}
+	ts, _, _ := strings.Cut(sc.Text(), " ")
+	return time.Parse(time.RFC3339Nano, ts)
+}
