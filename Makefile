@@ -9,7 +9,7 @@ GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
 TESTFLAGS ?=
 FUZZTIME ?= 10s
 
-.PHONY: all build images images-detect images-push deps testbin test test-unit demo generate check-generate lint fmt bench bench-detect bench-probe bench-agent vmlinux fuzz helm-lint clean
+.PHONY: all build images images-detect images-push deps testbin test test-unit demo generate check-generate lint fmt bench bench-e2e bench-detect bench-probe bench-agent vmlinux fuzz helm-lint clean
 
 all: build
 
@@ -48,9 +48,13 @@ test: deps testbin
 test-unit:
 	go test -count=1 $(TESTFLAGS) ./...
 
-## demo: the local end-to-end demo
-demo: deps testbin build
+## demo: sidekey end to end on a real single-node cluster on this machine (root; installs and builds what it needs)
+demo:
 	hack/demo.sh
+
+## bench-e2e: pod-start latency with and without sidekey injection, on the real node (root)
+bench-e2e: deps testbin
+	go test ./test/e2e -run '^$$' -bench PodStart -benchtime 10x
 
 ## generate: regenerate generated code (bpf2go objects, reference docs)
 generate: deps
