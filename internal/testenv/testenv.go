@@ -101,8 +101,8 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// tail returns the last n lines of a log file, for failure messages.
-func tail(path string, n int) string {
+// Tail returns the last n lines of a log file, for failure messages.
+func Tail(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)

@@ -75,9 +75,9 @@ func (v *Vault) start(t testing.TB) {
 		}
 		select {
 		case <-done:
-			t.Fatalf("testenv: vault exited at start:\n%s", tail(v.logPath, 30))
+			t.Fatalf("testenv: vault exited at start:\n%s", Tail(v.logPath, 30))
 		case <-ctx.Done():
-			t.Fatalf("testenv: vault not ready after 30s:\n%s", tail(v.logPath, 30))
+			t.Fatalf("testenv: vault not ready after 30s:\n%s", Tail(v.logPath, 30))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -109,4 +109,4 @@ func (v *Vault) Restart(t testing.TB) {
 }
 
 // Log returns the server's log so far, for failure messages.
-func (v *Vault) Log() string { return tail(v.logPath, 200) }
+func (v *Vault) Log() string { return Tail(v.logPath, 200) }

@@ -6,9 +6,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sidekey/sidekey/internal/testenv"
 )
 
 // process is one server of the cluster, logging to <dir>/<name>.log, its pid in <dir>/<name>.pid
@@ -75,17 +76,6 @@ func (p *process) stop(grace time.Duration) {
 
 // tail returns the last n lines of the process's log, for failure messages.
 func (p *process) tail(n int) string {
-	return tailFile(p.logPath, n)
+	return testenv.Tail(p.logPath, n)
 }
 
-func tailFile(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
