@@ -78,4 +78,3 @@ func (p *process) stop(grace time.Duration) {
 func (p *process) tail(n int) string {
 	return testenv.Tail(p.logPath, n)
 }
-
