@@ -333,8 +333,8 @@ func Decode(b []byte) (*Spec, error) {
 // Load reads the spec from a file, or from the SIDEKEY_SPEC_JSON environment variable when file is "".
 func Load(file string) (*Spec, error) {
 	if file == "" {
-		v, ok := os.LookupEnv(EnvVar)
-		if !ok {
+		v := os.Getenv(EnvVar)
+		if strings.TrimSpace(v) == "" {
 			return nil, fmt.Errorf("no spec: set %s or pass --spec FILE", EnvVar)
 		}
 		return Decode([]byte(v))

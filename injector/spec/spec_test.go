@@ -177,3 +177,12 @@ func FuzzParseSource(f *testing.F) {
 		}
 	})
 }
+
+func TestLoadWithoutSpec(t *testing.T) {
+	for _, v := range []string{"", "  "} {
+		t.Setenv(EnvVar, v)
+		if _, err := Load(""); err == nil || !strings.Contains(err.Error(), "no spec") {
+			t.Errorf("Load with %s=%q: error = %v; want one saying there is no spec", EnvVar, v, err)
+		}
+	}
+}
