@@ -41,7 +41,7 @@ func TestFlagsAndConfig(t *testing.T) {
 		{"version", []string{"--version"}, nil, 0, ""},
 		{"bad log format", []string{"--log-format", "xml"}, nil, 2, `log-format "xml"`},
 		{"bad init timeout from env", nil, map[string]string{"SIDEKEY_INIT_TIMEOUT": "0s"}, 2, "init-timeout"},
-		{"empty spec", []string{"--once"}, map[string]string{spec.EnvVar: ""}, 1, "decode spec"},
+		{"empty spec", []string{"--once"}, map[string]string{spec.EnvVar: ""}, 1, "no spec: set SIDEKEY_SPEC_JSON"},
 		{"spec file missing", []string{"--spec", "/nonexistent.json"}, nil, 1, "read spec"},
 		{"not ready: nothing listening", []string{"--check-ready", "--health-addr", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}, nil, 1, "connect"},
 	}
