@@ -244,3 +244,50 @@ func TestCreatedByRedacted(t *testing.T) {
 		}
 	}
 }
+
+// TestHistoryFindingCarriesItsLayer: a build argument leaked through `RUN |1 KEY=VALUE` is
+// reported with the layer that RUN made (index, diff_id, redacted created_by), so the user
+// knows which layer to rebuild; history entries that made no layer have none.
+func TestHistoryFindingCarriesItsLayer(t *testing.T) {
+	base := imagetest.Layer(t, imagetest.File("app/main.go", "package main\n"))
+	run := imagetest.Layer(t, imagetest.File("app/node_modules/.keep", ""))
+	img := imagetest.Image(t, v1.Config{}, []imagetest.Step{
+		{Layer: base, CreatedBy: "COPY . /app # buildkit"},
+		{Layer: run, CreatedBy: "RUN |1 NPM_TOKEN=" + imagetest.NPMToken3 + " /bin/sh -c npm ci"},
+	}, v1.History{CreatedBy: "RUN |1 GH_TOKEN=" + imagetest.GitHubPAT + " /bin/sh -c true"})
+	r, err := newDetector(t, detector.Options{}).ScanImage(context.Background(), img, "build-args")
+	if err != nil {
+		t.Fatal(err)
+	}
+	diffIDs := func() []string {
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, d := range cf.RootFS.DiffIDs {
+			out = append(out, d.String())
+		}
+		return out
+	}()
+	got := map[string]*report.Finding{}
+	for i, f := range r.Findings {
+		if f.Path == "History" {
+			got[f.Key] = &r.Findings[i]
+		}
+	}
+	npm, gh := got["NPM_TOKEN"], got["GH_TOKEN"]
+	if npm == nil || gh == nil {
+		t.Fatalf("history findings = %v; want NPM_TOKEN and GH_TOKEN", got)
+	}
+	if npm.LayerIndex == nil || *npm.LayerIndex != 1 || npm.LayerDiffID != diffIDs[1] || !strings.Contains(npm.CreatedBy, "NPM_TOKEN=npm_…REDACTED") {
+		t.Errorf("NPM_TOKEN finding: layer %v, diff_id %q, created_by %q; want layer 1, %s, redacted created_by",
+			npm.LayerIndex, npm.LayerDiffID, npm.CreatedBy, diffIDs[1])
+	}
+	if npm.Status != report.Metadata {
+		t.Errorf("NPM_TOKEN status = %q; want %q", npm.Status, report.Metadata)
+	}
+	if gh.LayerIndex != nil {
+		t.Errorf("GH_TOKEN (empty_layer history) has layer %d; want none", *gh.LayerIndex)
+	}
+}

@@ -35,7 +35,7 @@ func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*r
 	if err != nil {
 		return nil, fmt.Errorf("list layers of %s: %w", name, err)
 	}
-	createdBy := layerHistory(cf, len(layers))
+	createdBy, layerOf := layerHistory(cf, len(layers))
 
 	s := d.newScan(ctx)
 	s.layers.Store(int64(len(layers)))
@@ -90,6 +90,11 @@ func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*r
 	for _, f := range s.found {
 		infos[f.t.layer].digest = "-"
 	}
+	for i := range config {
+		if l, ok := historyLayer(&config[i], layerOf, infos); ok {
+			infos[l].digest = "-"
+		}
+	}
 	for _, p := range s.problems {
 		if p.Layer != nil {
 			infos[*p.Layer].digest = "-"
@@ -113,6 +118,14 @@ func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*r
 			s.problems[i].Digest = infos[*l].digest
 		}
 	}
+	for i := range config {
+		if l, ok := historyLayer(&config[i], layerOf, infos); ok {
+			config[i].LayerIndex = &l
+			config[i].LayerDigest = infos[l].digest
+			config[i].LayerDiffID = infos[l].diffID
+			config[i].CreatedBy = infos[l].createdBy
+		}
+	}
 	r := &report.Report{Image: name, Findings: config}
 	for _, f := range s.found {
 		r.Findings = append(r.Findings, toFinding(f.t, f.hit, status(indexes, f.t.layer, topPath(f.t.path))))
@@ -128,19 +141,37 @@ func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*r
 }
 
 // layerHistory maps each layer to the created_by of the history entry that made it
-// (history entries with empty_layer make none). Empty when the history does not line up.
-func layerHistory(cf *v1.ConfigFile, n int) []string {
-	out := make([]string, n)
+// (history entries with empty_layer make none), and each history entry to the index of the
+// layer it made, or -1. Both are empty when the history does not line up with the layers.
+func layerHistory(cf *v1.ConfigFile, n int) (createdBy []string, layerOf []int) {
+	createdBy = make([]string, n)
+	layerOf = make([]int, len(cf.History))
 	var nonEmpty []string
-	for _, h := range cf.History {
+	for i, h := range cf.History {
+		layerOf[i] = -1
 		if !h.EmptyLayer {
+			layerOf[i] = len(nonEmpty)
 			nonEmpty = append(nonEmpty, h.CreatedBy)
 		}
 	}
-	if len(nonEmpty) == n {
-		copy(out, nonEmpty)
+	if len(nonEmpty) != n {
+		return createdBy, nil
 	}
-	return out
+	copy(createdBy, nonEmpty)
+	return createdBy, layerOf
+}
+
+// historyLayer gives a build-argument or history finding the layer its RUN made, so a report
+// says which layer carries the leaked value.
+func historyLayer(f *report.Finding, layerOf []int, infos []*layerInfo) (int, bool) {
+	if f.Source != report.SourceConfig || f.Path != sectionHistory {
+		return 0, false
+	}
+	h := f.Line - 1
+	if h < 0 || h >= len(layerOf) || layerOf[h] < 0 || layerOf[h] >= len(infos) {
+		return 0, false
+	}
+	return layerOf[h], true
 }
 
 // layer streams one layer: every entry goes into idx, every regular file is scanned, and

@@ -242,15 +242,18 @@ func TestDemo(t *testing.T) {
 	say("sidekey detect image docker-archive:%s -> exit %d", filepath.Base(leakyTar), code)
 	var sawFile, sawArg bool
 	for _, f := range r.Findings {
-		where := "config history"
+		where := "config"
 		if f.LayerIndex != nil {
 			where = fmt.Sprintf("layer %d", *f.LayerIndex)
+		}
+		if f.Source == "config" && f.Path == "History" && f.LayerIndex != nil {
+			where = fmt.Sprintf("config history, made layer %d", *f.LayerIndex)
 		}
 		say("  %-10s %-8s %-8s %s (%s)", f.Rule, f.Status, f.Source, f.Path, where)
 		if f.Status == "deleted" && strings.TrimPrefix(f.Path, "/") == strings.TrimPrefix(leak.File, "/") && f.LayerIndex != nil && *f.LayerIndex == leak.FileLayer {
 			sawFile = true
 		}
-		if f.Status == "metadata" && f.Source == "config" {
+		if f.Status == "metadata" && f.Source == "config" && f.LayerIndex != nil && *f.LayerIndex == leak.ArgLayer {
 			sawArg = true
 		}
 	}
