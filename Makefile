@@ -77,6 +77,10 @@ fmt:
 bench: testbin
 	go test -run '^$$' -bench . -benchmem -count 1 ./...
 
+## bench-detect: sidekey detect on a large image beside gitleaks dir on its flattened filesystem, same run
+bench-detect: testbin build
+	hack/bench-detect.sh
+
 ## bench-agent: sidekey-agent beside vault agent: binary size, start to files written, RSS after 10 refreshes (root)
 bench-agent: testbin build
 	hack/bench-agent.sh
