@@ -92,6 +92,7 @@ func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*r
 	}
 	for i := range config {
 		if l, ok := historyLayer(&config[i], layerOf, infos); ok {
+			config[i].LayerIndex = &l
 			infos[l].digest = "-"
 		}
 	}
@@ -119,11 +120,10 @@ func (d *Detector) ScanImage(ctx context.Context, img v1.Image, name string) (*r
 		}
 	}
 	for i := range config {
-		if l, ok := historyLayer(&config[i], layerOf, infos); ok {
-			config[i].LayerIndex = &l
-			config[i].LayerDigest = infos[l].digest
-			config[i].LayerDiffID = infos[l].diffID
-			config[i].CreatedBy = infos[l].createdBy
+		if l := config[i].LayerIndex; l != nil {
+			config[i].LayerDigest = infos[*l].digest
+			config[i].LayerDiffID = infos[*l].diffID
+			config[i].CreatedBy = infos[*l].createdBy
 		}
 	}
 	r := &report.Report{Image: name, Findings: config}
