@@ -356,14 +356,7 @@ func TestSchemaRejects(t *testing.T) {
 // TestValuesDocumented keeps values.yaml self-describing: every key is documented (Values
 // fails otherwise), and the keys the README promises exist.
 func TestValuesDocumented(t *testing.T) {
-	b, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	vals, err := Values(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	vals := chartValues(t)
 	keys := map[string]bool{}
 	for _, v := range vals {
 		keys[v.Key] = true
@@ -373,4 +366,18 @@ func TestValuesDocumented(t *testing.T) {
 			t.Errorf("values.yaml has no documented %s", k)
 		}
 	}
+}
+
+// chartValues parses the chart's values.yaml with its documentation comments.
+func chartValues(t *testing.T) []Value {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals, err := Values(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vals
 }

@@ -132,15 +132,7 @@ func TestProbeCapabilities(t *testing.T) {
 // chartProbeCapabilities reads the default of probe.capabilities from values.yaml.
 func chartProbeCapabilities(t *testing.T) []string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	vals, err := Values(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, v := range vals {
+	for _, v := range chartValues(t) {
 		if v.Key == "probe.capabilities" {
 			var caps []string
 			if err := json.Unmarshal([]byte(v.Default), &caps); err != nil || len(caps) == 0 {
