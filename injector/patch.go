@@ -36,7 +36,7 @@ func podPatch(before, after *corev1.Pod) (admission.Response, error) {
 	if !resp.Allowed {
 		return resp, nil
 	}
-	resp.Patch = appendPatch(make([]byte, 0, 2*len(b)), resp.Patches)
+	resp.Patch = appendPatch(make([]byte, 0, len(b)), resp.Patches)
 	resp.Patches = nil
 	return resp, nil
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -254,6 +255,7 @@ func BenchmarkWebhookTLS(b *testing.B) {
 	if err != nil {
 		b.Fatal("h2load not found: run make deps (Debian package nghttp2-client)")
 	}
+	defer debug.SetGCPercent(debug.SetGCPercent(GCPercent)) // as sidekey webhook runs
 	pod := podFromFile(b, "testdata/basic.pod.yaml")
 	bodyFile := filepath.Join(b.TempDir(), "review.json")
 	if err := os.WriteFile(bodyFile, review(b, "admission.k8s.io/v1", podResource, pod), 0o600); err != nil {
@@ -301,10 +303,13 @@ func BenchmarkWebhookTLS(b *testing.B) {
 func runH2load(b *testing.B, h2load, url, bodyFile string, c, rate int) {
 	n := max(b.N, c)
 	logFile := filepath.Join(b.TempDir(), "h2load.log")
-	args := []string{"-n", strconv.Itoa(n), "-c", strconv.Itoa(c), "-m", "1", "-H", "content-type: application/json",
-		"-d", bodyFile, "--log-file", logFile}
+	args := []string{"-n", strconv.Itoa(n), "-H", "content-type: application/json", "-d", bodyFile, "--log-file", logFile}
 	if rate > 0 {
-		args = append(args, "--rps", strconv.FormatFloat(float64(rate)/float64(c), 'f', 2, 64))
+		// One connection, as the API server keeps one per webhook, paced by one timer: c
+		// connections with c timers would start in step and send in bursts of c.
+		args = append(args, "-c", "1", "-m", strconv.Itoa(c), "--rps", strconv.Itoa(rate))
+	} else {
+		args = append(args, "-c", strconv.Itoa(c), "-m", "1")
 	}
 	b.ResetTimer()
 	out, err := exec.Command(h2load, append(args, url)...).CombinedOutput()

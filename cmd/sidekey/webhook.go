@@ -10,6 +10,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -200,6 +203,34 @@ Every flag can also be set as SIDEKEY_<FLAG> (e.g. SIDEKEY_VAULT_ADDR) or in --c
 	return cmd
 }
 
+// The files that hold a container's memory limit: cgroup v2, then v1.
+var cgroupMemoryFiles = []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}
+
+// tuneGC sets the garbage collector for a webhook's load unless GOGC or GOMEMLIMIT say
+// otherwise: the target injector.GCPercent, and a soft memory limit of 90% of the container's
+// memory limit, so that a burst of reviews makes the collector work harder before the kernel
+// kills the pod.
+func tuneGC(log *slog.Logger, limitFiles []string) {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(injector.GCPercent)
+	}
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	for _, f := range limitFiles {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// "max" (v2) means no limit; v1 says so with a number near MaxInt64, harmless here.
+		if n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && n > 0 {
+			debug.SetMemoryLimit(n / 10 * 9)
+			log.Info("memory limit for the garbage collector", "bytes", n/10*9, "from", f)
+		}
+		return
+	}
+}
+
 func newLogger(format, level string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
@@ -225,6 +256,7 @@ func runWebhook(ctx context.Context, c *webhookConfig) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	tuneGC(log, cgroupMemoryFiles)
 
 	var client kubernetes.Interface
 	if rc, err := restConfig(c.Kubeconfig); err != nil {

@@ -5,7 +5,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
+	"math"
 	"net/http"
+	"os"
+	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/sidekey/sidekey/injector"
 	"github.com/sidekey/sidekey/injector/spec"
 	"github.com/sidekey/sidekey/internal/testenv"
 )
@@ -201,5 +207,43 @@ spec:
 	}
 	if _, _, err := run(in); err == nil || !strings.Contains(err.Error(), "-f") {
 		t.Errorf("no -f: err = %v", err)
+	}
+}
+
+func TestTuneGC(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, s string) string {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	limited, unlimited := write("limited", "268435456\n"), write("unlimited", "max\n")
+	tests := []struct {
+		name        string
+		gogc, limit string // environment
+		files       []string
+		wantPercent int
+		wantLimit   int64
+	}{
+		{"container limit", "", "", []string{dir + "/missing", limited}, injector.GCPercent, 268435456 / 10 * 9},
+		{"no limit", "", "", []string{unlimited, limited}, injector.GCPercent, math.MaxInt64},
+		{"GOGC and GOMEMLIMIT win", "100", "1GiB", []string{limited}, 100, math.MaxInt64},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("GOGC", tt.gogc)
+			t.Setenv("GOMEMLIMIT", tt.limit)
+			defer debug.SetGCPercent(debug.SetGCPercent(100))
+			defer debug.SetMemoryLimit(debug.SetMemoryLimit(math.MaxInt64))
+			tuneGC(slog.New(slog.DiscardHandler), tt.files)
+			if got := debug.SetGCPercent(100); got != tt.wantPercent {
+				t.Errorf("GC percent %d; want %d", got, tt.wantPercent)
+			}
+			if got := debug.SetMemoryLimit(-1); got != tt.wantLimit {
+				t.Errorf("memory limit %d; want %d", got, tt.wantLimit)
+			}
+		})
 	}
 }
