@@ -261,14 +261,29 @@ func (r *ServiceAccountRoles) RoleARN(ctx context.Context, namespace, name strin
 		return "", err
 	}
 	arn := sa.Annotations[ServiceAccountRoleARN]
+	now := time.Now()
 	r.mu.Lock()
 	if r.cache == nil {
 		r.cache = map[string]roleEntry{}
 	}
-	r.cache[key] = roleEntry{arn: arn, fetched: time.Now()}
+	// Keep the map to the ServiceAccounts seen within one TTL, and never above roleCacheSize.
+	if len(r.cache) >= roleCacheSize {
+		for k, e := range r.cache {
+			if now.Sub(e.fetched) >= r.TTL {
+				delete(r.cache, k)
+			}
+		}
+		if len(r.cache) >= roleCacheSize {
+			clear(r.cache)
+		}
+	}
+	r.cache[key] = roleEntry{arn: arn, fetched: now}
 	r.mu.Unlock()
 	return arn, nil
 }
+
+// roleCacheSize bounds ServiceAccountRoles' cache.
+const roleCacheSize = 4096
 
 // Results counted by the requests metric.
 const (

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/google/go-cmp/cmp"
@@ -420,4 +421,33 @@ type countingRoles struct {
 func (r *countingRoles) RoleARN(context.Context, string, string) (string, error) {
 	r.calls.Add(1)
 	return r.arn, nil
+}
+
+type countingSAs struct{ calls atomic.Int32 }
+
+func (c *countingSAs) Get(_ context.Context, ns, name string) (*corev1.ServiceAccount, error) {
+	c.calls.Add(1)
+	return &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
+		Annotations: map[string]string{ServiceAccountRoleARN: "arn:aws:iam::123456789012:role/" + name}}}, nil
+}
+
+func TestServiceAccountRolesCache(t *testing.T) {
+	sas := &countingSAs{}
+	r := &ServiceAccountRoles{Get: sas, TTL: time.Hour}
+	for range 2 {
+		if arn, err := r.RoleARN(t.Context(), "shop", "web"); err != nil || arn != "arn:aws:iam::123456789012:role/web" {
+			t.Fatalf("RoleARN = %q, %v", arn, err)
+		}
+	}
+	if sas.calls.Load() != 1 {
+		t.Errorf("%d lookups; want 1 (the second is cached)", sas.calls.Load())
+	}
+	for i := range 2 * roleCacheSize {
+		if _, err := r.RoleARN(t.Context(), "ns", fmt.Sprint("sa-", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(r.cache); n > roleCacheSize {
+		t.Errorf("cache holds %d entries; want at most %d", n, roleCacheSize)
+	}
 }
