@@ -264,7 +264,10 @@ func newPlan(pod *corev1.Pod, cfg *Config, facts Facts, s *settings) (*plan, err
 	if p.image == "" {
 		bad(KeyAgentImage, "missing: the webhook has no --agent-image")
 	}
-	p.resources = *cfg.Resources.DeepCopy()
+	p.resources = cfg.Resources // copied where the agent container takes it
+	if len(s.resources) > 0 {
+		p.resources = *cfg.Resources.DeepCopy()
+	}
 	for key, q := range s.resources {
 		list, name := &p.resources.Requests, corev1.ResourceCPU
 		switch key {
@@ -378,10 +381,13 @@ func (p *plan) ownership(pod *corev1.Pod, cfg *Config, s *settings) (fileUID, fi
 	if s.onChange.Kind == spec.OnChangeSignal {
 		ownerName = s.onChange.Container
 	} else {
-		for _, c := range append(slices.Clone(pod.Spec.InitContainers), pod.Spec.Containers...) {
-			if p.targets[c.Name] {
-				ownerName = c.Name
-				break
+	find:
+		for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+			for i := range cs {
+				if p.targets[cs[i].Name] {
+					ownerName = cs[i].Name
+					break find
+				}
 			}
 		}
 	}
