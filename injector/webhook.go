@@ -208,6 +208,9 @@ func (c *answerCache) get(raw []byte) (*answer, bool) {
 }
 
 func (c *answerCache) put(raw []byte, a *answer) {
+	if c.off {
+		return
+	}
 	a.raw = bytes.Clone(raw)
 	c.mu.Lock()
 	defer c.mu.Unlock()
