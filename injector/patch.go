@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"math"
 	"reflect"
+	"slices"
 	"strconv"
 	"sync"
 	"unicode/utf8"
 
 	"gomodules.xyz/jsonpatch/v2"
+	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 )
@@ -16,13 +18,13 @@ import (
 // podPatch answers with the JSON patch that turns before into after, computed by
 // controller-runtime's PatchResponseFromRaw. Diffing two whole pods cost most of a review: the
 // diff decodes both documents into generic maps and walks them. So prune first drops from both
-// typed pods every part that is equal in the two, and the diff sees only what Mutate changed.
-// prune consumes both pods.
+// typed pods every part that is equal in the two, and the diff sees only what Mutate changed;
+// the patch found for a pruned pair is remembered in cache. prune consumes both pods.
 //
 // Both documents are encoded from the typed pods. A field in the review that this build's
 // corev1 does not know (an API server newer than the webhook) is therefore absent from both and
 // left alone by the patch, where a diff against the review's bytes would remove it.
-func podPatch(before, after *corev1.Pod) (admission.Response, error) {
+func podPatch(before, after *corev1.Pod, cache *byteCache[[]byte]) (admission.Response, error) {
 	prune(reflect.ValueOf(before), reflect.ValueOf(after))
 	a, err := json.Marshal(before)
 	if err != nil {
@@ -32,13 +34,18 @@ func podPatch(before, after *corev1.Pod) (admission.Response, error) {
 	if err != nil {
 		return admission.Response{}, err
 	}
-	resp := admission.PatchResponseFromRaw(a, b)
-	if !resp.Allowed {
-		return resp, nil
+	key := append(append(a, 0), b...) // NUL appears in no JSON document
+	patch, ok := cache.get(key)
+	if !ok {
+		resp := admission.PatchResponseFromRaw(a, b)
+		if !resp.Allowed || len(resp.Patches) == 0 {
+			return resp, nil
+		}
+		patch = appendPatch(make([]byte, 0, len(b)), resp.Patches)
+		cache.put(key, patch)
 	}
-	resp.Patch = appendPatch(make([]byte, 0, len(b)), resp.Patches)
-	resp.Patches = nil
-	return resp, nil
+	pt := admissionv1.PatchTypeJSONPatch
+	return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: true, PatchType: &pt, Patch: patch}}, nil
 }
 
 // prune removes from a and b, two values of one type, every part that is equal in both: struct
@@ -124,7 +131,14 @@ func pruneMap(a, b reflect.Value) bool {
 		return true
 	}
 	if len(equal) > 0 && (len(equal) == a.Len() || len(equal) == b.Len()) {
-		equal = equal[1:]
+		// The first key in order, so that equal pairs prune alike (the patch cache's key).
+		first := 0
+		for i, k := range equal {
+			if k.String() < equal[first].String() {
+				first = i
+			}
+		}
+		equal = slices.Delete(equal, first, first+1)
 	}
 	for _, k := range equal {
 		a.SetMapIndex(k, reflect.Value{})

@@ -27,7 +27,7 @@ func checkPodPatch(t *testing.T, name string, pod *corev1.Pod, cfg *Config, fact
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := podPatch(pod.DeepCopy(), res.Pod.DeepCopy())
+	resp, err := podPatch(pod.DeepCopy(), res.Pod.DeepCopy(), &byteCache[[]byte]{})
 	if err != nil || !resp.Allowed {
 		t.Fatalf("%s: podPatch = %+v, %v", name, resp.Result, err)
 	}
@@ -85,7 +85,7 @@ func TestPodPatchKeepsUnknownFields(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := podPatch(&pod, res.Pod)
+	resp, err := podPatch(&pod, res.Pod, &byteCache[[]byte]{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,7 +38,10 @@ type Handler struct {
 
 	// answers remembers the response for recent pod objects: the replicas of one ReplicaSet
 	// arrive byte for byte identical, and their answer depends on nothing else.
-	answers answerCache
+	answers byteCache[*answer]
+	// patches remembers the patch for recent pruned pairs of pods (see podPatch): the pods of
+	// one StatefulSet or DaemonSet differ only where the mutation changes nothing.
+	patches byteCache[[]byte]
 }
 
 // RoleLookup finds the eks.amazonaws.com/role-arn annotation of a ServiceAccount ("" when unset).
@@ -115,7 +118,7 @@ func (h *Handler) handlePod(ctx context.Context, req admission.Request, pod *cor
 	if !res.Injected {
 		return admission.Allowed("").WithWarnings(res.Warnings...), resultSkipped
 	}
-	resp, err := podPatch(pod, res.Pod)
+	resp, err := podPatch(pod, res.Pod, &h.patches)
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("encode pod: %w", err)), resultError
 	}
@@ -146,19 +149,7 @@ func needsRole(ann map[string]string) bool {
 	return false
 }
 
-// answerCache is a small map from pod object bytes to the answer given for them.
-type answerCache struct {
-	off   bool // remember nothing (for benchmarks of the full path)
-	mu    sync.Mutex
-	seed  maphash.Seed
-	byKey map[uint64]*answer
-	order []uint64 // insertion order, for eviction
-}
-
-const answerCacheSize = 512
-
 type answer struct {
-	raw      []byte // the pod object, compared in full on a hit
 	result   string
 	allowed  bool
 	status   metav1.Status
@@ -191,38 +182,56 @@ func (a *answer) response() admission.Response {
 	return r
 }
 
-func (c *answerCache) get(raw []byte) (*answer, bool) {
+// byteCache is a small map keyed by bytes, compared in full on a hit, that forgets its oldest
+// entries beyond byteCacheSize. Its values are shared: nobody may modify them.
+type byteCache[V any] struct {
+	off   bool // remember nothing (for benchmarks of the full path)
+	mu    sync.Mutex
+	seed  maphash.Seed
+	byKey map[uint64]cached[V]
+	order []uint64 // insertion order, for eviction
+}
+
+type cached[V any] struct {
+	key []byte
+	v   V
+}
+
+const byteCacheSize = 512
+
+func (c *byteCache[V]) get(key []byte) (V, bool) {
+	var zero V
 	if c.off {
-		return nil, false
+		return zero, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.byKey == nil {
-		return nil, false
+		return zero, false
 	}
-	a, ok := c.byKey[maphash.Bytes(c.seed, raw)]
-	if !ok || !bytes.Equal(a.raw, raw) {
-		return nil, false
+	e, ok := c.byKey[maphash.Bytes(c.seed, key)]
+	if !ok || !bytes.Equal(e.key, key) {
+		return zero, false
 	}
-	return a, true
+	return e.v, true
 }
 
-func (c *answerCache) put(raw []byte, a *answer) {
+func (c *byteCache[V]) put(key []byte, v V) {
 	if c.off {
 		return
 	}
-	a.raw = bytes.Clone(raw)
+	key = bytes.Clone(key)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.byKey == nil {
-		c.seed, c.byKey = maphash.MakeSeed(), map[uint64]*answer{}
+		c.seed, c.byKey = maphash.MakeSeed(), map[uint64]cached[V]{}
 	}
-	k := maphash.Bytes(c.seed, raw)
+	k := maphash.Bytes(c.seed, key)
 	if _, ok := c.byKey[k]; !ok {
 		c.order = append(c.order, k)
 	}
-	c.byKey[k] = a
-	if len(c.order) > answerCacheSize {
+	c.byKey[k] = cached[V]{key, v}
+	if len(c.order) > byteCacheSize {
 		delete(c.byKey, c.order[0])
 		c.order = c.order[1:]
 	}

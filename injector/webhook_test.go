@@ -257,7 +257,7 @@ func BenchmarkWebhookTLS(b *testing.B) {
 		b.Fatal("h2load not found: run make deps (Debian package nghttp2-client)")
 	}
 	defer debug.SetGCPercent(debug.SetGCPercent(GCPercent)) // as sidekey webhook runs
-	pod := podFromFile(b, "testdata/basic.pod.yaml")
+	pod := podFromFile(b, "testdata/defaulted.pod.yaml")
 	bodyFile := filepath.Join(b.TempDir(), "review.json")
 	if err := os.WriteFile(bodyFile, review(b, "admission.k8s.io/v1", podResource, pod), 0o600); err != nil {
 		b.Fatal(err)
@@ -277,7 +277,7 @@ func BenchmarkWebhookTLS(b *testing.B) {
 	sidekey := func(cache bool) http.Handler {
 		cfg := testConfig()
 		h := &Handler{Config: &cfg, Log: slog.New(slog.DiscardHandler), Metrics: NewMetrics(prometheus.NewRegistry())}
-		h.answers.off = !cache
+		h.answers.off, h.patches.off = !cache, !cache
 		return NewServer(h, 0)
 	}
 	for _, k := range []struct {
@@ -348,19 +348,24 @@ func runH2load(b *testing.B, h2load, url, bodyFile string, c, rate int) {
 	b.ReportMetric(0, "ns/op") // the time is h2load's, not one review's
 }
 
-// BenchmarkServeHTTP is one review through the HTTP handler without the network: "annotated"
-// decodes, mutates, diffs and encodes a pod never seen before; "plain" is a pod without sidekey
-// annotations (skipped without decoding the pod).
+// BenchmarkServeHTTP is one review through the HTTP handler without the network, for the pod
+// as the API server sends it: "new" decodes, mutates, diffs and encodes a pod never seen
+// before (both caches off); "renamed" gives every pod its own name, as a StatefulSet's pods
+// arrive, so the answer cache misses but the patch cache hits; "plain" is a pod without
+// sidekey annotations (skipped without decoding the pod).
 func BenchmarkServeHTTP(b *testing.B) {
-	cfg := testConfig()
-	srv := NewServer(&Handler{Config: &cfg, Log: slog.New(slog.DiscardHandler), Metrics: NewMetrics(prometheus.NewRegistry())}, 0)
-	for _, file := range []string{"testdata/basic.pod.yaml", "testdata/plain.pod.yaml"} {
-		pod := podFromFile(b, file)
+	for _, k := range []struct{ name, file string }{
+		{"new", "testdata/defaulted.pod.yaml"}, {"renamed", "testdata/defaulted.pod.yaml"}, {"plain", "testdata/plain.pod.yaml"},
+	} {
+		cfg := testConfig()
+		h := &Handler{Config: &cfg, Log: slog.New(slog.DiscardHandler), Metrics: NewMetrics(prometheus.NewRegistry())}
+		h.answers.off, h.patches.off = k.name == "new", k.name == "new"
+		srv := NewServer(h, 0)
+		pod := podFromFile(b, k.file)
 		pod.Name = "web-00000000"
 		body := review(b, "admission.k8s.io/v1", podResource, pod)
 		at := bytes.Index(body, []byte("web-00000000"))
-		name := map[string]string{"testdata/basic.pod.yaml": "annotated", "testdata/plain.pod.yaml": "plain"}[file]
-		b.Run(name, func(b *testing.B) {
+		b.Run(k.name, func(b *testing.B) {
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
@@ -378,22 +383,57 @@ func BenchmarkServeHTTP(b *testing.B) {
 	}
 }
 
+// admit sends pod to srv in an AdmissionReview and returns the response.
+func admit(t *testing.T, srv http.Handler, pod *corev1.Pod) admissionv1.AdmissionResponse {
+	t.Helper()
+	req := httptest.NewRequest("POST", "/mutate", bytes.NewReader(review(t, "admission.k8s.io/v1", podResource, pod)))
+	req.Header.Set("Content-Type", "application/json")
+	rec := httptest.NewRecorder()
+	srv.ServeHTTP(rec, req)
+	var out admissionv1.AdmissionReview
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil || out.Response == nil {
+		t.Fatalf("response %s: %v", rec.Body, err)
+	}
+	return *out.Response
+}
+
+// The pods of a StatefulSet share their patch: the second is answered from the patch cache,
+// and its patch still gives that pod's own mutation.
+func TestPatchCache(t *testing.T) {
+	cfg := testConfig()
+	h := &Handler{Config: &cfg, Log: testLogger(t)}
+	srv := NewServer(h, 0)
+	base := podFromFile(t, "testdata/defaulted.pod.yaml")
+	for i, ann := range []string{"web", "web", "other"} {
+		pod := base.DeepCopy()
+		pod.GenerateName, pod.Name = "", fmt.Sprint("web-", i)
+		pod.Labels["statefulset.kubernetes.io/pod-name"] = pod.Name
+		pod.Spec.Hostname = pod.Name
+		pod.Annotations[KeyVaultRole] = ann
+		resp := admit(t, srv, pod)
+		p, err := jsonpatch.DecodePatch(resp.Patch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := p.Apply(mustJSON(t, pod))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := mustJSON(t, mustMutate(t, pod, &cfg, Facts{})); !jsonEqual(t, got, want) {
+			t.Errorf("pod %d: patched\n%s\nwant\n%s", i, got, want)
+		}
+	}
+	if n := len(h.patches.byKey); n != 2 {
+		t.Errorf("%d patches remembered; want 2 (web-0 and web-1 share one)", n)
+	}
+}
+
 func TestAnswerCache(t *testing.T) {
 	cfg := testConfig()
 	roles := countingRoles{arn: "arn:aws:iam::123456789012:role/a"}
 	h := &Handler{Config: &cfg, Log: testLogger(t), Metrics: NewMetrics(prometheus.NewRegistry()), Roles: &roles}
 	srv := NewServer(h, 0)
-	call := func(pod *corev1.Pod) admissionv1.AdmissionResponse {
-		req := httptest.NewRequest("POST", "/mutate", bytes.NewReader(review(t, "admission.k8s.io/v1", podResource, pod)))
-		req.Header.Set("Content-Type", "application/json")
-		rec := httptest.NewRecorder()
-		srv.ServeHTTP(rec, req)
-		var out admissionv1.AdmissionReview
-		if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil || out.Response == nil {
-			t.Fatalf("response %s: %v", rec.Body, err)
-		}
-		return *out.Response
-	}
+	call := func(pod *corev1.Pod) admissionv1.AdmissionResponse { return admit(t, srv, pod) }
 	for _, file := range []string{"testdata/basic.pod.yaml", "testdata/typo.pod.yaml", "testdata/root.pod.yaml"} {
 		pod := podFromFile(t, file)
 		first, second := call(pod), call(pod)
