@@ -11,6 +11,7 @@ import (
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/google/go-cmp/cmp"
 	gomodules "gomodules.xyz/jsonpatch/v2"
+	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -201,4 +202,28 @@ func jsonEqual(t *testing.T, a, b []byte) bool {
 		t.Fatalf("%s: %v", b, err)
 	}
 	return reflect.DeepEqual(av, bv)
+}
+
+// decodeJSON must decode every input as encoding/json does: same value, same success.
+func FuzzDecodeJSON(f *testing.F) {
+	files, _ := filepath.Glob("testdata/*.pod.yaml")
+	for _, file := range files {
+		raw := mustJSON(f, podFromFile(f, file))
+		f.Add(raw)
+		f.Add(review(f, "admission.k8s.io/v1", podResource, json.RawMessage(raw)))
+	}
+	f.Add([]byte(`{"metadata":{"name":"a","Name":"b","annotations":{"k":"v","k":"w"}}}`))
+	f.Add([]byte("{\"METADATA\":{\"name\":\"\xff\"},\"spec\":null}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var wantPod, gotPod corev1.Pod
+		errWant, errGot := json.Unmarshal(data, &wantPod), decodeJSON(data, &gotPod)
+		if (errWant == nil) != (errGot == nil) || errWant == nil && !reflect.DeepEqual(wantPod, gotPod) {
+			t.Fatalf("pod %q: encoding/json %v, %+v\ndecodeJSON %v, %+v", data, errWant, wantPod, errGot, gotPod)
+		}
+		var wantRev, gotRev admissionv1.AdmissionReview
+		errWant, errGot = json.Unmarshal(data, &wantRev), decodeJSON(data, &gotRev)
+		if (errWant == nil) != (errGot == nil) || errWant == nil && !reflect.DeepEqual(wantRev, gotRev) {
+			t.Fatalf("review %q: encoding/json %v, %+v\ndecodeJSON %v, %+v", data, errWant, wantRev, errGot, gotRev)
+		}
+	})
 }

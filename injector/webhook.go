@@ -76,7 +76,7 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.R
 		return admission.Allowed("")
 	}
 	var pod corev1.Pod
-	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+	if err := decodeJSON(req.Object.Raw, &pod); err != nil {
 		h.Metrics.observe(req.Namespace, resultError)
 		return admission.Errored(http.StatusBadRequest, fmt.Errorf("decode pod: %w", err))
 	}
@@ -433,7 +433,7 @@ var reviewVersions = map[schema.GroupVersion]bool{
 // DecodeReview parses an AdmissionReview request (v1 or v1beta1, which share their shape).
 func DecodeReview(body []byte) (*admissionv1.AdmissionReview, error) {
 	var review admissionv1.AdmissionReview
-	if err := json.Unmarshal(body, &review); err != nil {
+	if err := decodeJSON(body, &review); err != nil {
 		return nil, fmt.Errorf("decode AdmissionReview: %w", err)
 	}
 	gv, err := schema.ParseGroupVersion(review.APIVersion)
