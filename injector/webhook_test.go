@@ -242,15 +242,19 @@ func FuzzDecodeReview(f *testing.F) {
 // generator's own allocations and GC do not run inside the webhook as an in-process Go client's
 // would; it still shares this machine's cores with the server.
 //
-// Kinds: "anchor-allow" is a webhook that reads the review and allows it unchanged, the floor
-// that TLS, HTTP/2 and the review's own decoding set; "replicas" sends one pod over and over, as
-// a ReplicaSet's pods arrive (the webhook reuses its answer); "unique" turns the answer cache off,
-// so every review runs the whole decode, mutation, diff and encode, as pods never seen before do.
+// The pod is testdata/defaulted.pod.yaml, as the API server sends it. Kinds: "anchor-allow" is
+// a webhook that reads the review and allows it unchanged, the floor that TLS, HTTP/2 and the
+// review's own decoding set; "replicas" sends one pod over and over, as a ReplicaSet's pods
+// arrive (the answer cache); "renamed" gives each review's pod a name of its own before the
+// webhook reads it, as a StatefulSet's or DaemonSet's pods arrive (the patch cache); "new" turns
+// both caches off, so every review runs the whole decode, mutation, diff and encode, as the first
+// pod of a workload does.
 //
 // "c=N" is closed-loop: N connections, one review in flight on each, as fast as they are
-// answered: reviews/s is the most the server sustains. "c=16/rate=5000" is open-loop: 16
-// connections asked for 5,000 reviews/s in all, the target; its p99 is the latency a
-// caller sees at that load. Each run reports reviews/s (achieved), p50 and p99 in µs.
+// answered: reviews/s is the most the server sustains. "c=16/rate=5000" is open-loop: one
+// connection, up to 16 reviews in flight, paced at 5,000 reviews/s, the target; its p99
+// is the latency a caller sees at that load. Each run reports reviews/s (achieved), p50 and p99
+// in µs.
 func BenchmarkWebhookTLS(b *testing.B) {
 	h2load, err := exec.LookPath("h2load")
 	if err != nil {
@@ -258,8 +262,11 @@ func BenchmarkWebhookTLS(b *testing.B) {
 	}
 	defer debug.SetGCPercent(debug.SetGCPercent(GCPercent)) // as sidekey webhook runs
 	pod := podFromFile(b, "testdata/defaulted.pod.yaml")
+	pod.Name = "web-00000000"
+	body := review(b, "admission.k8s.io/v1", podResource, pod)
+	at := bytes.Index(body, []byte("web-00000000")) + len("web-")
 	bodyFile := filepath.Join(b.TempDir(), "review.json")
-	if err := os.WriteFile(bodyFile, review(b, "admission.k8s.io/v1", podResource, pod), 0o600); err != nil {
+	if err := os.WriteFile(bodyFile, body, 0o600); err != nil {
 		b.Fatal(err)
 	}
 	anchor := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -280,10 +287,19 @@ func BenchmarkWebhookTLS(b *testing.B) {
 		h.answers.off, h.patches.off = !cache, !cache
 		return NewServer(h, 0)
 	}
+	var n atomic.Int64
+	renamed := func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			copy(body[at:], fmt.Sprintf("%08x", n.Add(1)))
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			h.ServeHTTP(w, r)
+		})
+	}
 	for _, k := range []struct {
 		name string
 		h    http.Handler
-	}{{"anchor-allow", anchor}, {"replicas", sidekey(true)}, {"unique", sidekey(false)}} {
+	}{{"anchor-allow", anchor}, {"replicas", sidekey(true)}, {"renamed", renamed(sidekey(true))}, {"new", sidekey(false)}} {
 		ts := httptest.NewUnstartedServer(k.h)
 		ts.EnableHTTP2 = true
 		ts.StartTLS()
