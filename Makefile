@@ -74,7 +74,7 @@ fmt:
 	gofmt -w $$(git ls-files '*.go' | grep -v '_bpfe[lb].go$$')
 
 ## bench: the Go benchmarks (mutation, webhook, scanning, ...)
-bench: testbin
+bench: deps testbin
 	go test -run '^$$' -bench . -benchmem -count 1 ./...
 
 ## bench-detect: sidekey detect on a large image beside gitleaks dir on its flattened filesystem, same run
