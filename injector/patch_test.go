@@ -39,15 +39,7 @@ func checkPodPatch(t *testing.T, name string, pod *corev1.Pod, cfg *Config, fact
 	if d := cmp.Diff(opStrings(t, full), opStrings(t, pruned)); d != "" {
 		t.Errorf("%s: pruned diff differs from the whole-pod diff (-whole +pruned):\n%s", name, d)
 	}
-	p, err := jsonpatch.DecodePatch(resp.Patch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := p.Apply(before)
-	if err != nil {
-		t.Fatalf("%s: apply: %v", name, err)
-	}
-	if !jsonEqual(t, got, after) {
+	if got := applyPatch(t, resp.Patch, before); !jsonEqual(t, got, after) {
 		t.Errorf("%s: patched pod\n%s\nwant\n%s", name, got, after)
 	}
 }
@@ -90,14 +82,7 @@ func TestPodPatchKeepsUnknownFields(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := jsonpatch.DecodePatch(resp.Patch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := p.Apply(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := applyPatch(t, resp.Patch, raw)
 	for _, field := range []string{`"futureField":{"a":1}`, `"futureContainerField":true`} {
 		if !strings.Contains(string(got), field) {
 			t.Errorf("patch dropped %s:\n%s", field, resp.Patch)
@@ -189,6 +174,20 @@ func mustJSON(t testing.TB, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// applyPatch applies a JSON patch to doc, as the API server does.
+func applyPatch(t *testing.T, patch, doc []byte) []byte {
+	t.Helper()
+	p, err := jsonpatch.DecodePatch(patch)
+	if err != nil {
+		t.Fatalf("decode patch %s: %v", patch, err)
+	}
+	out, err := p.Apply(doc)
+	if err != nil {
+		t.Fatalf("apply patch %s: %v", patch, err)
+	}
+	return out
 }
 
 // jsonEqual reports whether two JSON documents hold the same value.

@@ -22,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	jsonpatch "github.com/evanphx/json-patch/v5"
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -44,20 +43,12 @@ func testLogger(t testing.TB) *slog.Logger {
 // review wraps an object in an AdmissionReview request body.
 func review(t testing.TB, apiVersion string, res metav1.GroupVersionResource, obj any) []byte {
 	t.Helper()
-	raw, err := json.Marshal(obj)
-	if err != nil {
-		t.Fatal(err)
-	}
 	r := admissionv1.AdmissionReview{
 		TypeMeta: metav1.TypeMeta{APIVersion: apiVersion, Kind: "AdmissionReview"},
 		Request: &admissionv1.AdmissionRequest{UID: types.UID("uid-1"), Resource: res, Operation: admissionv1.Create,
-			Namespace: "shop", Object: runtime.RawExtension{Raw: raw}},
+			Namespace: "shop", Object: runtime.RawExtension{Raw: mustJSON(t, obj)}},
 	}
-	b, err := json.Marshal(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return mustJSON(t, r)
 }
 
 func podFromFile(t testing.TB, file string) *corev1.Pod {
@@ -156,15 +147,7 @@ func TestServer(t *testing.T) {
 				}
 				return
 			}
-			orig, _ := json.Marshal(tt.original)
-			p, err := jsonpatch.DecodePatch(out.Response.Patch)
-			if err != nil {
-				t.Fatalf("decode patch: %v", err)
-			}
-			patched, err := p.Apply(orig)
-			if err != nil {
-				t.Fatalf("apply patch: %v", err)
-			}
+			patched := applyPatch(t, out.Response.Patch, mustJSON(t, tt.original))
 			var got corev1.Pod
 			if err := json.Unmarshal(patched, &got); err != nil {
 				t.Fatal(err)
@@ -442,14 +425,7 @@ func TestPatchCache(t *testing.T) {
 		pod.Spec.Hostname = pod.Name
 		pod.Annotations[KeyVaultRole] = ann
 		resp := admit(t, srv, pod)
-		p, err := jsonpatch.DecodePatch(resp.Patch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := p.Apply(mustJSON(t, pod))
-		if err != nil {
-			t.Fatal(err)
-		}
+		got := applyPatch(t, resp.Patch, mustJSON(t, pod))
 		if want := mustJSON(t, mustMutate(t, pod, &cfg, Facts{})); !jsonEqual(t, got, want) {
 			t.Errorf("pod %d: patched\n%s\nwant\n%s", i, got, want)
 		}
