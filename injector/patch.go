@@ -55,6 +55,8 @@ func podPatch(before, after *corev1.Pod, cache *byteCache[[]byte]) (admission.Re
 // by key and array elements by index, and finds nothing in two equal values, so its answer for
 // the pruned pair is its answer for the whole pair; TestPodPatchPruned and FuzzPodPatch check
 // that. Types with their own JSON encoding (Quantity, Time, IntOrString) are compared whole.
+// a and b are reached through pointers, and prune walks only structs whose fields are all
+// exported, so every field and element it zeroes is settable.
 func prune(a, b reflect.Value) bool {
 	switch a.Kind() {
 	case reflect.Pointer:
@@ -97,9 +99,6 @@ func prune(a, b reflect.Value) bool {
 
 // pruneOrZero prunes two settable values, and zeroes them when they are equal.
 func pruneOrZero(a, b reflect.Value) bool {
-	if !a.CanSet() {
-		return reflect.DeepEqual(a.Interface(), b.Interface())
-	}
 	if !prune(a, b) {
 		return false
 	}
