@@ -229,11 +229,11 @@ func FuzzDecodeReview(f *testing.F) {
 // The pod is testdata/defaulted.pod.yaml, as the API server sends it. Kinds: "floor" reads the
 // body and writes a fixed answer without decoding anything, what TLS and HTTP/2 alone cost on
 // the machine (no webhook can be faster); "anchor-allow" is a webhook that reads the review and
-// allows it unchanged, the floor plus the review's own decoding; "replicas" sends one pod over and over, as a ReplicaSet's pods
-// arrive (the answer cache); "renamed" gives each review's pod a name of its own before the
-// webhook reads it, as a StatefulSet's or DaemonSet's pods arrive (the patch cache); "new" turns
-// both caches off, so every review runs the whole decode, mutation, diff and encode, as the first
-// pod of a workload does.
+// allows it unchanged, the floor plus the review's own decoding; "replicas" sends one pod over
+// and over, as a ReplicaSet's pods arrive (the answer cache); "renamed" gives each review's pod a
+// name of its own before the webhook reads it, as a StatefulSet's or DaemonSet's pods arrive (the
+// patch cache); "new" turns both caches off, so every review runs the whole decode, mutation,
+// diff and encode, as the first pod of a workload does.
 //
 // "c=N" is closed-loop: N connections, one review in flight on each, as fast as they are
 // answered: reviews/s is the most the server sustains. "c=16/rate=5000" is open-loop: one
