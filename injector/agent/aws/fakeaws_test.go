@@ -186,13 +186,21 @@ func (f *fakeAWS) find(id string) *smSecret {
 	return nil
 }
 
-func (f *fakeAWS) getSecretValue(w http.ResponseWriter, in map[string]any) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+// secret finds the request's SecretId, or answers ResourceNotFoundException and returns nil.
+func (f *fakeAWS) secret(w http.ResponseWriter, in map[string]any) *smSecret {
 	id, _ := in["SecretId"].(string)
 	s := f.find(id)
 	if s == nil {
 		jsonError(w, 400, "ResourceNotFoundException", "Secrets Manager can't find the specified secret.")
+	}
+	return s
+}
+
+func (f *fakeAWS) getSecretValue(w http.ResponseWriter, in map[string]any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.secret(w, in)
+	if s == nil {
 		return
 	}
 	vid, _ := in["VersionId"].(string)
@@ -212,10 +220,8 @@ func (f *fakeAWS) getSecretValue(w http.ResponseWriter, in map[string]any) {
 func (f *fakeAWS) describeSecret(w http.ResponseWriter, in map[string]any) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	id, _ := in["SecretId"].(string)
-	s := f.find(id)
+	s := f.secret(w, in)
 	if s == nil {
-		jsonError(w, 400, "ResourceNotFoundException", "Secrets Manager can't find the specified secret.")
 		return
 	}
 	vs := map[string][]string{}
